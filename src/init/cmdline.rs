@@ -1,0 +1,175 @@
+//! keel's options on the kernel command line. Everything is optional; unknown `keel.*`
+//! options and bad values become warnings, never a failed boot.
+
+use std::time::Duration;
+
+use crate::duration;
+
+/// What to do when an onboot container fails (non-zero exit, timeout, or cannot start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnbootFailure {
+    /// Report it and go on with the boot.
+    Continue,
+    /// Stop the boot: start no services, run onshutdown, then power off / reboot / halt.
+    Poweroff,
+    Reboot,
+    Halt,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// `keel.debug`: log debug detail.
+    pub debug: bool,
+    /// `quiet` or `keel.quiet`: only warnings and errors on the console.
+    pub quiet: bool,
+    /// `keel.onboot_failure=continue|poweroff|reboot|halt`.
+    pub onboot_failure: OnbootFailure,
+    /// `keel.onboot_timeout=DURATION`: default run limit for each onboot container.
+    pub onboot_timeout: Duration,
+    /// `keel.onshutdown_timeout=DURATION`: default run limit for each onshutdown container.
+    pub onshutdown_timeout: Duration,
+    /// `keel.stop_timeout=DURATION`: default SIGTERM-to-SIGKILL grace for services.
+    pub stop_timeout: Duration,
+    /// Problems found while parsing, reported once logging is up.
+    pub warnings: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            debug: false,
+            quiet: false,
+            onboot_failure: OnbootFailure::Continue,
+            onboot_timeout: Duration::from_secs(120),
+            onshutdown_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(10),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Split a command line into words, honouring double quotes the way the kernel does.
+fn words(cmdline: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in cmdline.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+pub fn parse(cmdline: &str) -> Options {
+    let mut o = Options::default();
+    for word in words(cmdline) {
+        let (key, value) = match word.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (word.as_str(), None),
+        };
+        let flag = |o: &mut Options| match value {
+            None | Some("1") | Some("yes") | Some("true") | Some("on") => true,
+            Some("0") | Some("no") | Some("false") | Some("off") => false,
+            Some(v) => {
+                o.warnings.push(format!("kernel option {key}={v}: expected a boolean; ignored"));
+                false
+            }
+        };
+        let dur = |o: &mut Options, slot: fn(&mut Options) -> &mut Duration| match value {
+            Some(v) => match duration::parse(v) {
+                Ok(d) => *slot(o) = d,
+                Err(e) => o.warnings.push(format!("kernel option {key}: {e}; keeping the default")),
+            },
+            None => o.warnings.push(format!("kernel option {key} needs a value; keeping the default")),
+        };
+        match key {
+            "quiet" | "keel.quiet" => o.quiet = flag(&mut o),
+            "keel.debug" => o.debug = flag(&mut o),
+            "keel.onboot_failure" => match value {
+                Some("continue") => o.onboot_failure = OnbootFailure::Continue,
+                Some("poweroff") => o.onboot_failure = OnbootFailure::Poweroff,
+                Some("reboot") => o.onboot_failure = OnbootFailure::Reboot,
+                Some("halt") => o.onboot_failure = OnbootFailure::Halt,
+                other => o.warnings.push(format!(
+                    "kernel option keel.onboot_failure={}: expected continue, poweroff, reboot or halt; keeping continue",
+                    other.unwrap_or("")
+                )),
+            },
+            "keel.onboot_timeout" => dur(&mut o, |o| &mut o.onboot_timeout),
+            "keel.onshutdown_timeout" => dur(&mut o, |o| &mut o.onshutdown_timeout),
+            "keel.stop_timeout" => dur(&mut o, |o| &mut o.stop_timeout),
+            k if k.starts_with("keel.") => o.warnings.push(format!("unknown kernel option {word}; ignored")),
+            _ => {}
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_when_nothing_given() {
+        let o = parse("console=ttyS0 root=/dev/vda panic=-1");
+        assert_eq!(o, Options::default());
+    }
+
+    #[test]
+    fn reads_every_option() {
+        let o = parse(
+            "console=ttyS0 keel.debug quiet keel.onboot_failure=poweroff keel.onboot_timeout=5s \
+             keel.onshutdown_timeout=250ms keel.stop_timeout=2m",
+        );
+        assert!(o.debug && o.quiet);
+        assert_eq!(o.onboot_failure, OnbootFailure::Poweroff);
+        assert_eq!(o.onboot_timeout, Duration::from_secs(5));
+        assert_eq!(o.onshutdown_timeout, Duration::from_millis(250));
+        assert_eq!(o.stop_timeout, Duration::from_secs(120));
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+    }
+
+    #[test]
+    fn bad_values_warn_and_keep_defaults() {
+        let o = parse("keel.onboot_failure=explode keel.stop_timeout=soon keel.frobnicate=1 keel.debug=maybe keel.onboot_timeout");
+        assert_eq!(o.onboot_failure, OnbootFailure::Continue);
+        assert_eq!(o.stop_timeout, Options::default().stop_timeout);
+        assert_eq!(o.onboot_timeout, Options::default().onboot_timeout);
+        assert!(!o.debug);
+        assert_eq!(o.warnings.len(), 5, "{:?}", o.warnings);
+        assert!(o.warnings.iter().any(|w| w.contains("keel.frobnicate")));
+        assert!(o.warnings.iter().any(|w| w.contains("explode")));
+    }
+
+    #[test]
+    fn quoted_words() {
+        assert_eq!(words(r#"a "b c" d="e f" g"#), vec!["a", "b c", "d=e f", "g"]);
+        assert_eq!(words("  "), Vec::<String>::new());
+        assert_eq!(words(r#"x="""#), vec!["x="]);
+    }
+
+    #[test]
+    fn reboot_and_halt_policies() {
+        assert_eq!(parse("keel.onboot_failure=reboot").onboot_failure, OnbootFailure::Reboot);
+        assert_eq!(parse("keel.onboot_failure=halt").onboot_failure, OnbootFailure::Halt);
+        assert_eq!(parse("keel.onboot_failure=continue keel.debug=0").debug, false);
+    }
+}

@@ -1,0 +1,127 @@
+//! `keel` as PID 1 boots the machine; otherwise it is a small command-line tool.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use keel::init::{self, INITCTL};
+use keel::runtime::{Runtime, Stdio};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+const USAGE: &str = "usage:
+  keel run [--id ID] [--root STATE_DIR] [--cgroup-parent PATH] BUNDLE
+      create, start and wait for the OCI bundle with the embedded runtime, then delete it;
+      exits with the container's exit code (128+N when killed by signal N)
+  keel poweroff | reboot | halt
+      ask PID 1 to shut the machine down
+  keel version";
+
+fn main() -> ExitCode {
+    if nix::unistd::getpid().as_raw() == 1 {
+        init::main();
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some(req @ ("poweroff" | "reboot" | "halt")) => request(req),
+        Some("version" | "--version") => {
+            println!("keel {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some("help" | "--help" | "-h") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &[String]) -> ExitCode {
+    let mut id = None;
+    let mut root = PathBuf::from("/run/keel/containers");
+    let mut cgroup_parent = "keel".to_string();
+    let mut bundle = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--id" | "--root" | "--cgroup-parent" => {
+                let Some(v) = it.next() else {
+                    eprintln!("keel run: {a} needs a value");
+                    return ExitCode::from(2);
+                };
+                match a.as_str() {
+                    "--id" => id = Some(v.clone()),
+                    "--root" => root = PathBuf::from(v),
+                    _ => cgroup_parent = v.clone(),
+                }
+            }
+            _ if bundle.is_none() && !a.starts_with('-') => bundle = Some(PathBuf::from(a)),
+            _ => {
+                eprintln!("keel run: unexpected argument {a:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(bundle) = bundle else {
+        eprintln!("keel run: no bundle given\n{USAGE}");
+        return ExitCode::from(2);
+    };
+    let id = id.unwrap_or_else(|| format!("run-{}", std::process::id()));
+    let rt = match Runtime::new(&root, &cgroup_parent) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keel run: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    let handle = match rt.run(&id, &bundle, Stdio::default()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("keel run: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    let code = loop {
+        match waitpid(handle.pid, None) {
+            Ok(WaitStatus::Exited(_, c)) => break c,
+            Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                eprintln!("keel run: waitpid {}: {e}", handle.pid);
+                break 125;
+            }
+        }
+    };
+    if let Err(e) = rt.delete(handle) {
+        eprintln!("keel run: {e}");
+    }
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// Through the initctl FIFO when it exists (works from a container that binds it), else by
+/// the signal PID 1 takes for it.
+fn request(what: &str) -> ExitCode {
+    if let Ok(mut f) = OpenOptions::new().write(true).open(INITCTL) {
+        if f.write_all(format!("{what}\n").as_bytes()).is_ok() {
+            return ExitCode::SUCCESS;
+        }
+    }
+    let sig = match what {
+        "poweroff" => Signal::SIGUSR2,
+        "reboot" => Signal::SIGINT,
+        _ => Signal::SIGUSR1,
+    };
+    match kill(Pid::from_raw(1), sig) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel {what}: cannot write {INITCTL} or signal PID 1: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The embedded OCI runtime: a thin adapter over libcontainer that PID 1, `keel run` and the
+//! tests share. It checks a bundle before handing it over (so errors name the file and the
+//! field), keeps libcontainer's side effects off the caller, and never lets a panic inside
+//! the library escape.
+//!
+//! The caller owns reaping: `start` returns the container's PID, the caller `waitpid`s it
+//! (PID 1 does so from its SIGCHLD handler) and then calls `delete`.
+
+use std::any::Any;
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{path}: {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error("bundle {bundle}: {msg}")]
+    Bundle { bundle: PathBuf, msg: String },
+    #[error("container {id}: {step} failed: {msg}")]
+    Runtime { id: String, step: &'static str, msg: String },
+    #[error("container {id}: {sig} failed: {source}")]
+    Signal { id: String, sig: Signal, source: nix::Error },
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+}
+
+type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// Where containers' state and cgroups live.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    /// libcontainer state directories: `<state_root>/<id>`.
+    state_root: PathBuf,
+    /// Rewritten bundles for configs that need a cgroup path: `<state_root>/.bundles/<id>`.
+    patched_root: PathBuf,
+    /// Absolute cgroup path under which containers without one are placed.
+    cgroup_parent: String,
+}
+
+/// A created (and maybe started) container.
+pub struct Handle {
+    pub id: String,
+    pub pid: Pid,
+    container: Container,
+    patched_bundle: Option<PathBuf>,
+}
+
+/// Optional stdio for the container; `None` inherits the caller's.
+#[derive(Default)]
+pub struct Stdio {
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Runs in the container's init right before execve: undo what PID 1's process state
+/// would otherwise leak into every container.
+#[derive(Clone)]
+struct KeelExecutor;
+
+impl Executor for KeelExecutor {
+    fn exec(&self, spec: &Spec) -> std::result::Result<(), ExecutorError> {
+        // PID 1 blocks signals to read them from a signalfd; a blocked mask survives execve.
+        signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+            .map_err(|e| ExecutorError::Other(format!("cannot reset the signal mask: {e}")))?;
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> std::result::Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
+
+fn describe(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        cur = e.source();
+    }
+    msg
+}
+
+fn panic_text(p: Box<dyn Any + Send>) -> String {
+    match p.downcast::<String>() {
+        Ok(s) => *s,
+        Err(p) => match p.downcast::<&str>() {
+            Ok(s) => s.to_string(),
+            Err(_) => "unknown panic".into(),
+        },
+    }
+}
+
+/// Run a libcontainer step, turning its errors and panics into `RuntimeError::Runtime`.
+fn guarded<T, E: std::error::Error>(
+    id: &str,
+    step: &'static str,
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(RuntimeError::Runtime { id: id.into(), step, msg: describe(&e) }),
+        Err(p) => Err(RuntimeError::Runtime { id: id.into(), step, msg: format!("runtime panicked: {}", panic_text(p)) }),
+    }
+}
+
+/// Load and check a bundle's config.json; errors name the file and what is wrong.
+pub fn load_spec(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    let text = fs::read_to_string(&path).map_err(|e| RuntimeError::Config { path: path.clone(), msg: e.to_string() })?;
+    let spec: Spec = serde_json::from_str(&text).map_err(|e| RuntimeError::Config { path: path.clone(), msg: e.to_string() })?;
+    let bad = |msg: String| RuntimeError::Config { path: path.clone(), msg };
+    if !spec.version().starts_with("1.") {
+        return Err(bad(format!("ociVersion {:?} is not supported (1.x only)", spec.version())));
+    }
+    let root = spec.root().as_ref().ok_or_else(|| bad("no \"root\"".into()))?;
+    let rootfs = bundle.join(root.path());
+    if !rootfs.is_dir() {
+        return Err(RuntimeError::Bundle {
+            bundle: bundle.into(),
+            msg: format!("root.path {} is not a directory", rootfs.display()),
+        });
+    }
+    let process = spec.process().as_ref().ok_or_else(|| bad("no \"process\"".into()))?;
+    let args = process.args().as_ref().filter(|a| !a.is_empty()).ok_or_else(|| bad("process.args is empty".into()))?;
+    if !executable_exists(&rootfs, &args[0], process.env().as_deref().unwrap_or(&[])) {
+        return Err(RuntimeError::Bundle {
+            bundle: bundle.into(),
+            msg: format!("executable {:?} (process.args[0]) not found in {}", args[0], rootfs.display()),
+        });
+    }
+    Ok(spec)
+}
+
+/// Does `exe` exist in the rootfs (directly, or on the spec's PATH)? Symlinks are not
+/// followed: an absolute link would resolve against the host.
+fn executable_exists(rootfs: &Path, exe: &str, env: &[String]) -> bool {
+    let exists = |p: &str| fs::symlink_metadata(rootfs.join(p.trim_start_matches('/'))).is_ok();
+    if exe.contains('/') {
+        return exists(exe);
+    }
+    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':').any(|dir| exists(&format!("{dir}/{exe}")))
+}
+
+impl Runtime {
+    pub fn new(state_root: impl Into<PathBuf>, cgroup_parent: &str) -> Result<Self> {
+        let state_root = state_root.into();
+        let patched_root = state_root.join(".bundles");
+        fs::create_dir_all(&patched_root).map_err(|source| RuntimeError::Io {
+            what: "cannot create runtime state directory",
+            path: patched_root.clone(),
+            source,
+        })?;
+        Ok(Runtime { state_root, patched_root, cgroup_parent: format!("/{}", cgroup_parent.trim_matches('/')) })
+    }
+
+    pub fn state_root(&self) -> &Path {
+        &self.state_root
+    }
+
+    /// Create and start the container of `bundle`; returns once its process is running.
+    pub fn run(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Handle> {
+        let mut handle = self.create(id, bundle, stdio)?;
+        if let Err(e) = guarded(id, "start", || handle.container.start()) {
+            self.delete(handle).ok();
+            return Err(e);
+        }
+        Ok(handle)
+    }
+
+    /// Create the container (status "created": its init waits for `start`).
+    pub fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Handle> {
+        let mut spec = load_spec(bundle)?;
+        let bundle = fs::canonicalize(bundle)
+            .map_err(|source| RuntimeError::Io { what: "cannot resolve bundle", path: bundle.into(), source })?;
+        // libcontainer needs an absolute cgroup path (a relative one means systemd).
+        let patched_bundle = match spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()) {
+            Some(p) if p.is_absolute() => None,
+            _ => Some(self.patch(id, &bundle, &mut spec)?),
+        };
+        let oom_adj = spec.process().as_ref().and_then(|p| p.oom_score_adj());
+        let saved_oom = oom_adj.and_then(|_| fs::read_to_string("/proc/self/oom_score_adj").ok());
+
+        let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_executor(KeelExecutor);
+        builder = guarded(id, "create", || builder.with_root_path(&self.state_root))?;
+        if let Some(fd) = stdio.stdout {
+            builder = builder.with_stdout(fd);
+        }
+        if let Some(fd) = stdio.stderr {
+            builder = builder.with_stderr(fd);
+        }
+        let from = patched_bundle.clone().unwrap_or_else(|| bundle.clone());
+        let built = guarded(id, "create", || builder.as_init(&from).with_systemd(false).build());
+
+        // libcontainer writes the container's oomScoreAdj into the caller and may move its cwd.
+        if let Some(saved) = saved_oom {
+            let _ = fs::write("/proc/self/oom_score_adj", saved.trim());
+        }
+        let _ = nix::unistd::chdir("/");
+
+        let container = match built {
+            Ok(c) => c,
+            Err(e) => {
+                self.cleanup_failed(id, patched_bundle.as_deref());
+                return Err(e);
+            }
+        };
+        let pid = match container.pid() {
+            Some(pid) => pid,
+            None => {
+                let h = Handle { id: id.into(), pid: Pid::from_raw(0), container, patched_bundle };
+                self.delete(h).ok();
+                return Err(RuntimeError::Runtime { id: id.into(), step: "create", msg: "no container PID".into() });
+            }
+        };
+        Ok(Handle { id: id.into(), pid, container, patched_bundle })
+    }
+
+    /// Write a copy of the config with an absolute rootfs and a cgroup path under ours.
+    fn patch(&self, id: &str, bundle: &Path, spec: &mut Spec) -> Result<PathBuf> {
+        let dir = self.patched_root.join(id);
+        let io = |what, source| RuntimeError::Io { what, path: dir.clone(), source };
+        if let Some(root) = spec.root().clone() {
+            let mut root = root;
+            root.set_path(bundle.join(root.path()));
+            spec.set_root(Some(root));
+        }
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_cgroups_path(Some(PathBuf::from(format!("{}/{id}", self.cgroup_parent))));
+        spec.set_linux(Some(linux));
+        fs::create_dir_all(&dir).map_err(|e| io("cannot create", e))?;
+        let json = serde_json::to_vec(spec).map_err(|e| io("cannot encode config for", io::Error::other(e)))?;
+        fs::write(dir.join("config.json"), json).map_err(|e| io("cannot write config in", e))?;
+        Ok(dir)
+    }
+
+    /// A failed create can leave state and a cgroup behind.
+    fn cleanup_failed(&self, id: &str, patched: Option<&Path>) {
+        let dir = self.state_root.join(id);
+        if dir.exists() {
+            let deleted = Container::load(dir.clone())
+                .ok()
+                .map(|mut c| guarded(id, "delete", || c.delete(true)).is_ok())
+                .unwrap_or(false);
+            if !deleted {
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+        if let Some(p) = patched {
+            let _ = fs::remove_dir_all(p);
+        }
+    }
+
+    /// Release a created container's init so it execs the workload.
+    pub fn start(&self, handle: &mut Handle) -> Result<()> {
+        guarded(&handle.id, "start", || handle.container.start())
+    }
+
+    /// Signal the container's init process only (the OCI `kill` default).
+    pub fn signal(&self, handle: &Handle, sig: Signal) -> Result<()> {
+        signal::kill(handle.pid, sig).map_err(|source| RuntimeError::Signal { id: handle.id.clone(), sig, source })
+    }
+
+    /// SIGKILL every process of the container (its whole cgroup).
+    pub fn kill_all(&self, handle: &mut Handle) -> Result<()> {
+        let r = guarded(&handle.id, "kill", || handle.container.kill(Signal::SIGKILL, true));
+        // Killing the init takes the rest of a private PID namespace with it, whatever happened above.
+        let _ = signal::kill(handle.pid, Signal::SIGKILL);
+        r
+    }
+
+    /// Remove the container's state and cgroup. Call after its process was reaped.
+    pub fn delete(&self, mut handle: Handle) -> Result<()> {
+        let r = guarded(&handle.id, "delete", || handle.container.delete(true));
+        if let Some(p) = &handle.patched_bundle {
+            let _ = fs::remove_dir_all(p);
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(dir: &Path, config: &str) {
+        fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+        fs::write(dir.join("rootfs/bin/sh"), b"").unwrap();
+        fs::write(dir.join("config.json"), config).unwrap();
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("keel-rt-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn broken_json_names_file_and_position() {
+        let d = tmp("json");
+        bundle(&d, "{\"ociVersion\": \"1.0.2\", \"root\": ");
+        let e = load_spec(&d).unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn missing_rootfs_and_executable_are_named() {
+        let d = tmp("exe");
+        bundle(&d, r#"{"ociVersion":"1.0.2","root":{"path":"nope"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["/bin/sh"]}}"#);
+        let e = load_spec(&d).unwrap_err().to_string();
+        assert!(e.contains("root.path") && e.contains("nope"), "{e}");
+        bundle(&d, r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["/bin/missing"]}}"#);
+        let e = load_spec(&d).unwrap_err().to_string();
+        assert!(e.contains("\"/bin/missing\"") && e.contains("not found"), "{e}");
+        bundle(&d, r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"],"env":["PATH=/bin"]}}"#);
+        assert!(load_spec(&d).is_ok());
+        bundle(&d, r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":[]}}"#);
+        assert!(load_spec(&d).unwrap_err().to_string().contains("process.args is empty"));
+        bundle(&d, r#"{"ociVersion":"2.0","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"]}}"#);
+        assert!(load_spec(&d).unwrap_err().to_string().contains("not supported"));
+        fs::remove_dir_all(&d).unwrap();
+    }
+}
