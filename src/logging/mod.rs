@@ -40,7 +40,7 @@ fn format_line(level: Level, msg: &str) -> String {
     };
     // One event per line, even if a message carries newlines (from a container, say).
     let msg = msg.replace('\n', " | ");
-    format!("[{:>10.6}] keel: {tag}{msg}\n", uptime())
+    format!("[{:>12.6}] keel: {tag}{msg}\n", uptime())
 }
 
 impl Log for ConsoleLogger {
