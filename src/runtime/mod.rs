@@ -186,6 +186,11 @@ impl Runtime {
 
     /// Create the container (status "created": its init waits for `start`).
     pub fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Handle> {
+        // Checked here, not left to libcontainer: cleaning up after a failed create must
+        // never touch a container that already existed under this id.
+        if self.state_root.join(id).exists() {
+            return Err(RuntimeError::Runtime { id: id.into(), step: "create", msg: "a container with this id already exists".into() });
+        }
         let mut spec = load_spec(bundle)?;
         let bundle = fs::canonicalize(bundle)
             .map_err(|source| RuntimeError::Io { what: "cannot resolve bundle", path: bundle.into(), source })?;

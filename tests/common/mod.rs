@@ -1,0 +1,44 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh scratch directory under target/, unique per call.
+pub fn scratch(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = repo()
+        .join("target/test-scratch")
+        .join(format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests create real containers and must run as root (see README: scripts/test.sh)"
+    );
+}
+
+/// A bundle with a static busybox rootfs running `script` with /bin/sh, from the template
+/// the image script uses.
+pub fn busybox_bundle(dir: &Path, script: &str) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let busybox = std::env::var("BUSYBOX").unwrap_or_else(|_| "/bin/busybox".into());
+    fs::copy(&busybox, rootfs.join("bin/busybox"))
+        .unwrap_or_else(|e| panic!("copy {busybox}: {e} (install busybox-static)"));
+    for applet in ["sh", "sleep", "echo", "kill", "cat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    fs::write(rootfs.join("entry"), script).unwrap();
+    fs::copy(repo().join("scripts/busybox-bundle.json"), dir.join("config.json")).unwrap();
+    dir.to_path_buf()
+}
