@@ -1,0 +1,181 @@
+//! Boot tests: build the test image, boot it in QEMU (TCG) with keel as PID 1, and read the
+//! serial console. Each test fails with the whole console log when an expected line is
+//! missing or out of order, or when the VM does not power itself off.
+//!
+//! Inputs (scripts/test.sh sets them): KEEL_BIN, the static keel binary; KEEL_KERNEL, the
+//! kernel built from kernel-config/; KEEL_STOCK_KERNEL, Debian's stock kernel.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BOOT_LIMIT: Duration = Duration::from_secs(300);
+
+fn env_path(var: &str, hint: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(p) if Path::new(&p).exists() => PathBuf::from(p),
+        Some(p) => panic!("{var}={} does not exist", Path::new(&p).display()),
+        None => panic!("{var} is not set: {hint} (scripts/test.sh sets it up)"),
+    }
+}
+
+fn keel_bin() -> PathBuf {
+    env_path("KEEL_BIN", "build with cargo build --release --target x86_64-unknown-linux-musl")
+}
+
+fn build_image(src: &str) -> PathBuf {
+    let out = scratch("image").join("initrd.img");
+    let st = Command::new(repo().join("scripts/build-image.sh"))
+        .arg(repo().join(src))
+        .arg(&out)
+        .arg(keel_bin())
+        .status()
+        .expect("run scripts/build-image.sh");
+    assert!(st.success(), "build-image.sh failed for {src}");
+    out
+}
+
+struct Boot {
+    console: String,
+    exited: bool,
+}
+
+fn boot(kernel: &Path, initrd: &Path, cmdline: &str) -> Boot {
+    let mut child = Command::new(repo().join("scripts/run-qemu.sh"))
+        .arg(kernel)
+        .arg(initrd)
+        .arg(cmdline)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run scripts/run-qemu.sh");
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let exited = loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break true;
+        }
+        if start.elapsed() > BOOT_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let console = String::from_utf8_lossy(&reader.join().unwrap()).replace('\r', "") + &err;
+    Boot { console, exited }
+}
+
+/// Every pattern must appear, in this order, each on a line after the previous one's.
+fn assert_in_order(b: &Boot, what: &str, expected: &[&str], forbidden: &[&str]) {
+    let lines: Vec<&str> = b.console.lines().collect();
+    let mut at = 0;
+    let mut problems = Vec::new();
+    for pat in expected {
+        match lines[at..].iter().position(|l| l.contains(pat)) {
+            Some(i) => at += i + 1,
+            None => {
+                let anywhere = lines.iter().any(|l| l.contains(pat));
+                problems.push(format!("{pat:?} {}", if anywhere { "is out of order" } else { "is missing" }));
+            }
+        }
+    }
+    for pat in forbidden {
+        if let Some(l) = lines.iter().find(|l| l.contains(pat)) {
+            problems.push(format!("unexpected line: {l}"));
+        }
+    }
+    if !b.exited {
+        problems.push(format!("QEMU did not exit within {BOOT_LIMIT:?}: the boot or shutdown hung"));
+    }
+    if !problems.is_empty() {
+        panic!("{what}:\n  {}\n----- console -----\n{}\n----- end of console -----", problems.join("\n  "), b.console);
+    }
+}
+
+const NEVER: &[&str] = &["Kernel panic", "Attempted to kill init", "keel: internal error", "KEEL-CHECK: FAIL"];
+
+fn full_boot(kernel: &Path, what: &str) {
+    require_root();
+    let initrd = build_image("tests/images/boot");
+    let b = boot(kernel, &initrd, "keel.debug");
+    assert_in_order(
+        &b,
+        what,
+        &[
+            "keel: keel ",
+            "keel: mounted /proc /sys /dev /dev/pts /dev/shm /dev/mqueue /run /tmp /sys/fs/cgroup",
+            "keel: hostname keel-test",
+            "keel: 4 onboot, 2 services, 1 onshutdown containers in /containers",
+            "keel: running onboot hello",
+            "hello: onboot container ran (pid 1)",
+            "keel: onboot hello finished: exit code 0",
+            "keel: running onboot fail",
+            "keel: error: onboot fail failed: exit code 3",
+            "keel: running onboot hang",
+            "keel: error: onboot hang timed out after 2s; killing it",
+            "keel: error: onboot hang failed: timed out (signal SIGKILL)",
+            "keel: running onboot orphans",
+            "orphans: leaving 20 children behind",
+            "keel: reaped orphan",
+            "keel: onboot orphans finished: exit code 0",
+            "keel: started service svc",
+            "KEEL-CHECK: PASS",
+            "keel: poweroff requested through /run/keel/initctl",
+            "svc: got SIGTERM",
+            "keel: stopped service svc: exit code 0",
+            "keel: running onshutdown bye",
+            "bye: onshutdown container ran",
+            "keel: onshutdown bye finished: exit code 0",
+            "keel: poweroff now",
+            "reboot: Power down",
+        ],
+        NEVER,
+    );
+}
+
+#[test]
+fn boots_on_the_keel_kernel() {
+    full_boot(&env_path("KEEL_KERNEL", "run scripts/build-kernel.sh"), "boot on the keel kernel");
+}
+
+#[test]
+fn boots_on_the_debian_stock_kernel() {
+    full_boot(&env_path("KEEL_STOCK_KERNEL", "install linux-image-amd64"), "boot on Debian's stock kernel");
+}
+
+#[test]
+fn onboot_failure_policy_poweroff_stops_the_boot() {
+    require_root();
+    let initrd = build_image("tests/images/boot");
+    let b = boot(&env_path("KEEL_KERNEL", "run scripts/build-kernel.sh"), &initrd, "keel.onboot_failure=poweroff");
+    assert_in_order(
+        &b,
+        "keel.onboot_failure=poweroff",
+        &[
+            "keel: onboot hello finished: exit code 0",
+            "keel: error: onboot fail failed: exit code 3",
+            "keel: error: boot stopped: onboot fail failed and keel.onboot_failure=poweroff; no services will start",
+            "keel: running onshutdown bye",
+            "bye: onshutdown container ran",
+            "keel: poweroff now",
+            "reboot: Power down",
+        ],
+        &[NEVER, &["running onboot hang", "started service", "svc: running"]].concat(),
+    );
+}
