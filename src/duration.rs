@@ -59,7 +59,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "s", "-1", "1.5s", "10 s", "10d", "99999999999999999999", "18446744073709551615h"] {
+        for bad in [
+            "",
+            "s",
+            "-1",
+            "1.5s",
+            "10 s",
+            "10d",
+            "99999999999999999999",
+            "18446744073709551615h",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -25,7 +25,10 @@ fn env_path(var: &str, hint: &str) -> PathBuf {
 }
 
 fn keel_bin() -> PathBuf {
-    env_path("KEEL_BIN", "build with cargo build --release --target x86_64-unknown-linux-musl")
+    env_path(
+        "KEEL_BIN",
+        "build with cargo build --release --target x86_64-unknown-linux-musl",
+    )
 }
 
 fn build_image(src: &str) -> PathBuf {
@@ -91,7 +94,10 @@ fn assert_in_order(b: &Boot, what: &str, expected: &[&str], forbidden: &[&str]) 
             Some(i) => at += i + 1,
             None => {
                 let anywhere = lines.iter().any(|l| l.contains(pat));
-                problems.push(format!("{pat:?} {}", if anywhere { "is out of order" } else { "is missing" }));
+                problems.push(format!(
+                    "{pat:?} {}",
+                    if anywhere { "is out of order" } else { "is missing" }
+                ));
             }
         }
     }
@@ -101,14 +107,25 @@ fn assert_in_order(b: &Boot, what: &str, expected: &[&str], forbidden: &[&str]) 
         }
     }
     if !b.exited {
-        problems.push(format!("QEMU did not exit within {BOOT_LIMIT:?}: the boot or shutdown hung"));
+        problems.push(format!(
+            "QEMU did not exit within {BOOT_LIMIT:?}: the boot or shutdown hung"
+        ));
     }
     if !problems.is_empty() {
-        panic!("{what}:\n  {}\n----- console -----\n{}\n----- end of console -----", problems.join("\n  "), b.console);
+        panic!(
+            "{what}:\n  {}\n----- console -----\n{}\n----- end of console -----",
+            problems.join("\n  "),
+            b.console
+        );
     }
 }
 
-const NEVER: &[&str] = &["Kernel panic", "Attempted to kill init", "keel: internal error", "KEEL-CHECK: FAIL"];
+const NEVER: &[&str] = &[
+    "Kernel panic",
+    "Attempted to kill init",
+    "keel: internal error",
+    "KEEL-CHECK: FAIL",
+];
 
 fn full_boot(kernel: &Path, what: &str) {
     require_root();
@@ -151,19 +168,29 @@ fn full_boot(kernel: &Path, what: &str) {
 
 #[test]
 fn boots_on_the_keel_kernel() {
-    full_boot(&env_path("KEEL_KERNEL", "run scripts/build-kernel.sh"), "boot on the keel kernel");
+    full_boot(
+        &env_path("KEEL_KERNEL", "run scripts/build-kernel.sh"),
+        "boot on the keel kernel",
+    );
 }
 
 #[test]
 fn boots_on_the_debian_stock_kernel() {
-    full_boot(&env_path("KEEL_STOCK_KERNEL", "install linux-image-amd64"), "boot on Debian's stock kernel");
+    full_boot(
+        &env_path("KEEL_STOCK_KERNEL", "install linux-image-amd64"),
+        "boot on Debian's stock kernel",
+    );
 }
 
 #[test]
 fn onboot_failure_policy_poweroff_stops_the_boot() {
     require_root();
     let initrd = build_image("tests/images/boot");
-    let b = boot(&env_path("KEEL_KERNEL", "run scripts/build-kernel.sh"), &initrd, "keel.onboot_failure=poweroff");
+    let b = boot(
+        &env_path("KEEL_KERNEL", "run scripts/build-kernel.sh"),
+        &initrd,
+        "keel.onboot_failure=poweroff",
+    );
     assert_in_order(
         &b,
         "keel.onboot_failure=poweroff",

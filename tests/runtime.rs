@@ -23,11 +23,21 @@ fn keel_run(state: &Path, id: &str, bundle: &Path) -> Output {
 
 /// No state directory and no cgroup may survive a container.
 fn assert_clean(state: &Path, id: &str) {
-    assert!(!state.join(id).exists(), "state directory {} left behind", state.join(id).display());
-    assert!(!state.join(".bundles").join(id).exists(), "patched bundle left behind");
+    assert!(
+        !state.join(id).exists(),
+        "state directory {} left behind",
+        state.join(id).display()
+    );
+    assert!(
+        !state.join(".bundles").join(id).exists(),
+        "patched bundle left behind"
+    );
     for entry in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         let base = entry.path();
-        for p in [base.join(CGROUP_PARENT).join(id), base.join("unified").join(CGROUP_PARENT).join(id)] {
+        for p in [
+            base.join(CGROUP_PARENT).join(id),
+            base.join("unified").join(CGROUP_PARENT).join(id),
+        ] {
             assert!(!p.exists(), "cgroup {} left behind", p.display());
         }
     }
@@ -40,10 +50,19 @@ fn exit_codes_pass_through_and_nothing_is_left_behind() {
     require_root();
     let d = scratch("rt-exit");
     let state = d.join("state");
-    for (id, script, want) in [("ok", "exit 0", 0), ("three", "echo out; exit 3", 3), ("big", "exit 200", 200)] {
+    for (id, script, want) in [
+        ("ok", "exit 0", 0),
+        ("three", "echo out; exit 3", 3),
+        ("big", "exit 200", 200),
+    ] {
         let b = busybox_bundle(&d.join(id), script);
         let out = keel_run(&state, id, &b);
-        assert_eq!(out.status.code(), Some(want), "{id}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(want),
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_clean(&state, id);
     }
 }
@@ -65,11 +84,20 @@ fn killed_container_reports_the_signal() {
     let d = scratch("rt-sig");
     // A PID-namespace init cannot be killed from inside its namespace: use the host's.
     let b = busybox_bundle(&d.join("b"), "kill -KILL $$");
-    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(b.join("config.json")).unwrap()).unwrap();
-    spec["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(b.join("config.json")).unwrap()).unwrap();
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "pid");
     fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
     let out = keel_run(&d.join("state"), "sig", &b);
-    assert_eq!(out.status.code(), Some(128 + 9), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(128 + 9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_clean(&d.join("state"), "sig");
 }
 
@@ -88,7 +116,12 @@ fn container_runs_in_its_own_namespaces() {
     std::os::unix::fs::symlink("busybox", rootfs.join("tr")).unwrap();
     std::os::unix::fs::symlink("busybox", rootfs.join("grep")).unwrap();
     let out = keel_run(&d.join("state"), "ns", &b);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -96,7 +129,11 @@ fn broken_config_is_a_clear_error() {
     require_root();
     let d = scratch("rt-bad");
     let b = busybox_bundle(&d.join("b"), "exit 0");
-    fs::write(b.join("config.json"), "{\"ociVersion\": \"1.0.2\",\n \"process\": [").unwrap();
+    fs::write(
+        b.join("config.json"),
+        "{\"ociVersion\": \"1.0.2\",\n \"process\": [",
+    )
+    .unwrap();
     let out = keel_run(&d.join("state"), "bad", &b);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125));
@@ -113,7 +150,10 @@ fn missing_rootfs_and_executable_are_named() {
     let out = keel_run(&d.join("state"), "nofs", &b);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125));
-    assert!(err.contains("root.path") && err.contains("is not a directory"), "{err}");
+    assert!(
+        err.contains("root.path") && err.contains("is not a directory"),
+        "{err}"
+    );
 
     let b = busybox_bundle(&d.join("noexe"), "exit 0");
     fs::remove_file(b.join("rootfs/bin/sh")).unwrap();
@@ -130,7 +170,8 @@ fn failing_create_leaves_no_state() {
     let d = scratch("rt-createfail");
     let b = busybox_bundle(&d.join("b"), "exit 0");
     // Valid JSON, but a mount libcontainer cannot perform: create fails inside the runtime.
-    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(b.join("config.json")).unwrap()).unwrap();
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(b.join("config.json")).unwrap()).unwrap();
     spec["mounts"].as_array_mut().unwrap().push(serde_json::json!({
         "destination": "/nowhere", "type": "bind", "source": "/nonexistent/keel-source", "options": ["bind"]
     }));
@@ -161,7 +202,8 @@ fn duplicate_id_is_refused_while_running() {
     }
     let out = keel_run(&state, "dup", &busybox_bundle(&d.join("other"), "exit 0"));
     assert_eq!(out.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("container dup: create failed: a container with this id already exists"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("container dup: create failed: a container with this id already exists"));
     assert_eq!(first.wait().unwrap().code(), Some(0));
     assert_clean(&state, "dup");
 }

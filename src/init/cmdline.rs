@@ -89,16 +89,21 @@ pub fn parse(cmdline: &str) -> Options {
             None | Some("1") | Some("yes") | Some("true") | Some("on") => true,
             Some("0") | Some("no") | Some("false") | Some("off") => false,
             Some(v) => {
-                o.warnings.push(format!("kernel option {key}={v}: expected a boolean; ignored"));
+                o.warnings
+                    .push(format!("kernel option {key}={v}: expected a boolean; ignored"));
                 false
             }
         };
         let dur = |o: &mut Options, slot: fn(&mut Options) -> &mut Duration| match value {
             Some(v) => match duration::parse(v) {
                 Ok(d) => *slot(o) = d,
-                Err(e) => o.warnings.push(format!("kernel option {key}: {e}; keeping the default")),
+                Err(e) => o
+                    .warnings
+                    .push(format!("kernel option {key}: {e}; keeping the default")),
             },
-            None => o.warnings.push(format!("kernel option {key} needs a value; keeping the default")),
+            None => o
+                .warnings
+                .push(format!("kernel option {key} needs a value; keeping the default")),
         };
         match key {
             "quiet" | "keel.quiet" => o.quiet = flag(&mut o),
@@ -168,8 +173,14 @@ mod tests {
 
     #[test]
     fn reboot_and_halt_policies() {
-        assert_eq!(parse("keel.onboot_failure=reboot").onboot_failure, OnbootFailure::Reboot);
-        assert_eq!(parse("keel.onboot_failure=halt").onboot_failure, OnbootFailure::Halt);
-        assert_eq!(parse("keel.onboot_failure=continue keel.debug=0").debug, false);
+        assert_eq!(
+            parse("keel.onboot_failure=reboot").onboot_failure,
+            OnbootFailure::Reboot
+        );
+        assert_eq!(
+            parse("keel.onboot_failure=halt").onboot_failure,
+            OnbootFailure::Halt
+        );
+        assert!(!parse("keel.onboot_failure=continue keel.debug=0").debug);
     }
 }

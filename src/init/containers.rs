@@ -26,7 +26,11 @@ pub struct Bundle {
 /// `000-format` -> `format`; names without an order prefix stay as they are.
 pub fn display_name(dir: &str) -> &str {
     match dir.split_once('-') {
-        Some((num, rest)) if !num.is_empty() && !rest.is_empty() && num.bytes().all(|b| b.is_ascii_digit()) => rest,
+        Some((num, rest))
+            if !num.is_empty() && !rest.is_empty() && num.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            rest
+        }
         _ => dir,
     }
 }
@@ -36,7 +40,11 @@ pub fn display_name(dir: &str) -> &str {
 pub fn discover(root: &Path, opts: &Options) -> (Vec<Bundle>, Vec<String>) {
     let mut out = Vec::new();
     let mut warnings = Vec::new();
-    for (sub, kind) in [("onboot", Kind::Onboot), ("services", Kind::Service), ("onshutdown", Kind::Onshutdown)] {
+    for (sub, kind) in [
+        ("onboot", Kind::Onboot),
+        ("services", Kind::Service),
+        ("onshutdown", Kind::Onshutdown),
+    ] {
         let dir = root.join(sub);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
@@ -57,7 +65,12 @@ pub fn discover(root: &Path, opts: &Options) -> (Vec<Bundle>, Vec<String>) {
             let path = dir.join(&dir_name);
             let (timeout, stop_timeout) = timeouts(&path, kind, opts, &mut warnings);
             out.push(Bundle {
-                spec: UnitSpec { name: display_name(&dir_name).to_string(), kind, timeout, stop_timeout },
+                spec: UnitSpec {
+                    name: display_name(&dir_name).to_string(),
+                    kind,
+                    timeout,
+                    stop_timeout,
+                },
                 id: format!("{sub}.{dir_name}"),
                 path,
             });
@@ -78,12 +91,17 @@ fn timeouts(bundle: &Path, kind: Kind, opts: &Options, warnings: &mut Vec<String
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v.get("annotations").cloned());
     if let Some(a) = annotations {
-        for (key, slot) in [(TIMEOUT_ANNOTATION, &mut timeout), (STOP_TIMEOUT_ANNOTATION, &mut stop)] {
+        for (key, slot) in [
+            (TIMEOUT_ANNOTATION, &mut timeout),
+            (STOP_TIMEOUT_ANNOTATION, &mut stop),
+        ] {
             match a.get(key).map(|v| v.as_str().map(duration::parse)) {
                 None => {}
                 Some(Some(Ok(d))) => *slot = d,
                 Some(Some(Err(e))) => warnings.push(format!("{}: annotation {key}: {e}", config.display())),
-                Some(None) => warnings.push(format!("{}: annotation {key} must be a string", config.display())),
+                Some(None) => {
+                    warnings.push(format!("{}: annotation {key} must be a string", config.display()))
+                }
             }
         }
     }
@@ -107,10 +125,20 @@ mod tests {
     fn discovers_in_order_with_annotations() {
         let root = std::env::temp_dir().join(format!("keel-disc-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
-        for d in ["onboot/010-second", "onboot/000-first", "services/web", "services/.hidden", "onshutdown/000-bye"] {
+        for d in [
+            "onboot/010-second",
+            "onboot/000-first",
+            "services/web",
+            "services/.hidden",
+            "onshutdown/000-bye",
+        ] {
             fs::create_dir_all(root.join(d)).unwrap();
         }
-        fs::write(root.join("onboot/000-first/config.json"), r#"{"annotations":{"org.keel.timeout":"5s"}}"#).unwrap();
+        fs::write(
+            root.join("onboot/000-first/config.json"),
+            r#"{"annotations":{"org.keel.timeout":"5s"}}"#,
+        )
+        .unwrap();
         fs::write(
             root.join("services/web/config.json"),
             r#"{"annotations":{"org.keel.stop_timeout":"soon","org.keel.timeout":3}}"#,
@@ -119,16 +147,31 @@ mod tests {
         let opts = Options::default();
         let (b, warnings) = discover(&root, &opts);
         let ids: Vec<_> = b.iter().map(|b| b.id.as_str()).collect();
-        assert_eq!(ids, ["onboot.000-first", "onboot.010-second", "services.web", "onshutdown.000-bye"]);
+        assert_eq!(
+            ids,
+            [
+                "onboot.000-first",
+                "onboot.010-second",
+                "services.web",
+                "onshutdown.000-bye"
+            ]
+        );
         assert_eq!(b[0].spec.name, "first");
         assert_eq!(b[0].spec.timeout, Duration::from_secs(5));
         assert_eq!(b[1].spec.timeout, opts.onboot_timeout);
         assert_eq!(b[2].spec.stop_timeout, opts.stop_timeout);
         assert_eq!(b[3].spec.timeout, opts.onshutdown_timeout);
         assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings.iter().all(|w| w.contains("services/web/config.json")), "{warnings:?}");
-        assert!(warnings.iter().any(|w| w.contains("org.keel.stop_timeout") && w.contains("soon")));
-        assert!(warnings.iter().any(|w| w.contains("org.keel.timeout must be a string")));
+        assert!(
+            warnings.iter().all(|w| w.contains("services/web/config.json")),
+            "{warnings:?}"
+        );
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("org.keel.stop_timeout") && w.contains("soon")));
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("org.keel.timeout must be a string")));
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -50,7 +50,14 @@ fn ev(what: &'static str) -> impl FnOnce(nix::Error) -> InitError {
 /// Signals PID 1 takes from its signalfd. Faults stay unblocked: a blocked SIGSEGV kills anyway.
 fn handled_signals() -> SigSet {
     let mut set = SigSet::all();
-    for s in [Signal::SIGSEGV, Signal::SIGBUS, Signal::SIGILL, Signal::SIGFPE, Signal::SIGTRAP, Signal::SIGSYS] {
+    for s in [
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGILL,
+        Signal::SIGFPE,
+        Signal::SIGTRAP,
+        Signal::SIGSYS,
+    ] {
         set.remove(s);
     }
     set
@@ -126,10 +133,18 @@ fn boot(root: &Path) -> Options {
         log::debug!("cannot route ctrl-alt-del to PID 1: {e}");
     }
     let steps: [(&str, Result<(), String>); 4] = [
-        ("hostname", system::set_hostname(root).map(|h| log::info!("hostname {h}")).map_err(|e| e.to_string())),
+        (
+            "hostname",
+            system::set_hostname(root)
+                .map(|h| log::info!("hostname {h}"))
+                .map_err(|e| e.to_string()),
+        ),
         ("loopback", system::loopback_up().map_err(|e| e.to_string())),
         ("rlimits", system::set_rlimits().map_err(|e| e.to_string())),
-        ("oom_score_adj", system::protect_from_oom().map_err(|e| e.to_string())),
+        (
+            "oom_score_adj",
+            system::protect_from_oom().map_err(|e| e.to_string()),
+        ),
     ];
     for (what, r) in steps {
         if let Err(e) = r {
@@ -157,7 +172,10 @@ fn open_initctl(path: &Path) -> Option<fs::File> {
     }
     let _ = fs::remove_file(path);
     if let Err(e) = nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o600)) {
-        log::warn!("cannot create {}: {e}; shut down with signals instead", path.display());
+        log::warn!(
+            "cannot create {}: {e}; shut down with signals instead",
+            path.display()
+        );
         return None;
     }
     // Read-write so the FIFO never reports end-of-file when writers come and go.
@@ -271,7 +289,9 @@ impl Driver {
             log::info!("running {} {}", b.spec.kind, b.spec.name);
         }
         let result = match &self.runtime {
-            Ok(rt) => rt.run(&b.id, &b.path, Stdio::default()).map_err(|e| e.to_string()),
+            Ok(rt) => rt
+                .run(&b.id, &b.path, Stdio::default())
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.clone()),
         };
         match result {
@@ -329,7 +349,10 @@ impl Driver {
                     log::info!("{kind} requested through {INITCTL}");
                     self.queue.push_back(Event::Shutdown(kind));
                 }
-                None => log::warn!("{INITCTL}: unknown request {:?} (expected poweroff, reboot or halt)", text.trim()),
+                None => log::warn!(
+                    "{INITCTL}: unknown request {:?} (expected poweroff, reboot or halt)",
+                    text.trim()
+                ),
             }
         }
         if self.initctl_buf.len() > 256 {
@@ -368,8 +391,11 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
 
     let sfd = SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(ev("signalfd"))?;
-    let tfd = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC)
-        .map_err(ev("timerfd"))?;
+    let tfd = TimerFd::new(
+        ClockId::CLOCK_MONOTONIC,
+        TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+    )
+    .map_err(ev("timerfd"))?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(ev("epoll"))?;
     epoll
         .add(sfd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL))
@@ -394,7 +420,10 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
         match driver.machine.next_deadline() {
             Some(d) => {
                 let wait = d.saturating_sub(driver.now()).max(Duration::from_millis(1));
-                let _ = tfd.set(Expiration::OneShot(TimeSpec::from_duration(wait)), TimerSetTimeFlags::empty());
+                let _ = tfd.set(
+                    Expiration::OneShot(TimeSpec::from_duration(wait)),
+                    TimerSetTimeFlags::empty(),
+                );
             }
             None => {
                 let _ = tfd.unset();

@@ -11,7 +11,11 @@ pub enum MountError {
     #[error("cannot create mount point {path}: {source}")]
     Mkdir { path: PathBuf, source: std::io::Error },
     #[error("cannot mount {fstype} on {path}: {errno}")]
-    Mount { fstype: &'static str, path: PathBuf, errno: nix::Error },
+    Mount {
+        fstype: &'static str,
+        path: PathBuf,
+        errno: nix::Error,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,19 +32,54 @@ const NOEXEC: MsFlags = MsFlags::MS_NOEXEC;
 
 /// In mount order: parents before children.
 pub const BASE: &[Mount] = &[
-    Mount { target: "/proc", fstype: "proc", flags: NOSUID.union(NODEV).union(NOEXEC), data: "" },
-    Mount { target: "/sys", fstype: "sysfs", flags: NOSUID.union(NODEV).union(NOEXEC), data: "" },
-    Mount { target: "/dev", fstype: "devtmpfs", flags: NOSUID.union(NOEXEC), data: "mode=0755" },
+    Mount {
+        target: "/proc",
+        fstype: "proc",
+        flags: NOSUID.union(NODEV).union(NOEXEC),
+        data: "",
+    },
+    Mount {
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NOSUID.union(NODEV).union(NOEXEC),
+        data: "",
+    },
+    Mount {
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: NOSUID.union(NOEXEC),
+        data: "mode=0755",
+    },
     Mount {
         target: "/dev/pts",
         fstype: "devpts",
         flags: NOSUID.union(NOEXEC),
         data: "newinstance,ptmxmode=0666,mode=0620,gid=5",
     },
-    Mount { target: "/dev/shm", fstype: "tmpfs", flags: NOSUID.union(NODEV).union(NOEXEC), data: "mode=1777" },
-    Mount { target: "/dev/mqueue", fstype: "mqueue", flags: NOSUID.union(NODEV).union(NOEXEC), data: "" },
-    Mount { target: "/run", fstype: "tmpfs", flags: NOSUID.union(NODEV).union(NOEXEC), data: "mode=0755,size=10%" },
-    Mount { target: "/tmp", fstype: "tmpfs", flags: NOSUID.union(NODEV), data: "mode=1777" },
+    Mount {
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: NOSUID.union(NODEV).union(NOEXEC),
+        data: "mode=1777",
+    },
+    Mount {
+        target: "/dev/mqueue",
+        fstype: "mqueue",
+        flags: NOSUID.union(NODEV).union(NOEXEC),
+        data: "",
+    },
+    Mount {
+        target: "/run",
+        fstype: "tmpfs",
+        flags: NOSUID.union(NODEV).union(NOEXEC),
+        data: "mode=0755,size=10%",
+    },
+    Mount {
+        target: "/tmp",
+        fstype: "tmpfs",
+        flags: NOSUID.union(NODEV),
+        data: "mode=1777",
+    },
     Mount {
         target: "/sys/fs/cgroup",
         fstype: "cgroup2",
@@ -73,13 +112,19 @@ pub fn apply(root: &Path, m: &Mount) -> Result<bool, MountError> {
         .recursive(true)
         .mode(0o755)
         .create(&path)
-        .map_err(|source| MountError::Mkdir { path: path.clone(), source })?;
+        .map_err(|source| MountError::Mkdir {
+            path: path.clone(),
+            source,
+        })?;
     if is_mount_point(&path) {
         return Ok(false);
     }
     let data = (!m.data.is_empty()).then_some(m.data);
-    mount(Some(m.fstype), &path, Some(m.fstype), m.flags, data)
-        .map_err(|errno| MountError::Mount { fstype: m.fstype, path, errno })?;
+    mount(Some(m.fstype), &path, Some(m.fstype), m.flags, data).map_err(|errno| MountError::Mount {
+        fstype: m.fstype,
+        path,
+        errno,
+    })?;
     Ok(true)
 }
 
@@ -107,7 +152,17 @@ mod tests {
     #[test]
     fn every_base_filesystem_is_there_once() {
         let targets: Vec<_> = BASE.iter().map(|m| m.target).collect();
-        for t in ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/run", "/tmp", "/sys/fs/cgroup"] {
+        for t in [
+            "/proc",
+            "/sys",
+            "/dev",
+            "/dev/pts",
+            "/dev/shm",
+            "/dev/mqueue",
+            "/run",
+            "/tmp",
+            "/sys/fs/cgroup",
+        ] {
             assert_eq!(targets.iter().filter(|&&x| x == t).count(), 1, "{t}");
         }
     }
@@ -140,6 +195,8 @@ mod tests {
 
     #[test]
     fn dev_links_point_into_proc() {
-        assert!(DEV_LINKS.iter().all(|(l, t)| l.starts_with("/dev/") && t.starts_with("/proc/self/fd")));
+        assert!(DEV_LINKS
+            .iter()
+            .all(|(l, t)| l.starts_with("/dev/") && t.starts_with("/proc/self/fd")));
     }
 }

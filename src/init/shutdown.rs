@@ -55,7 +55,9 @@ pub fn finish(kind: ShutdownKind) -> ! {
         if mp == "/" {
             continue;
         }
-        if umount2(mp.as_str(), MntFlags::empty()).is_err() && umount2(mp.as_str(), MntFlags::MNT_DETACH).is_err() {
+        if umount2(mp.as_str(), MntFlags::empty()).is_err()
+            && umount2(mp.as_str(), MntFlags::MNT_DETACH).is_err()
+        {
             busy.push(mp);
         }
     }

@@ -15,7 +15,11 @@ pub enum SystemError {
     #[error("{what}: {errno}")]
     Sys { what: String, errno: nix::Error },
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("hostname {0:?} in /etc/hostname is not valid")]
     BadHostname(String),
 }
@@ -29,11 +33,17 @@ pub const DEFAULT_HOSTNAME: &str = "keel";
 
 /// The hostname from /etc/hostname's first line, or the default when it is absent or empty.
 pub fn hostname_from(contents: Option<&str>) -> Result<String, SystemError> {
-    let name = contents.and_then(|c| c.lines().next()).map(str::trim).unwrap_or("");
+    let name = contents
+        .and_then(|c| c.lines().next())
+        .map(str::trim)
+        .unwrap_or("");
     if name.is_empty() {
         return Ok(DEFAULT_HOSTNAME.into());
     }
-    let ok = name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let ok = name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     if ok {
         Ok(name.into())
     } else {
@@ -63,11 +73,17 @@ pub fn loopback_up() -> Result<(), SystemError> {
             *d = *s as libc::c_char;
         }
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut ifr) < 0 {
-            return Err(SystemError::Sys { what: "SIOCGIFFLAGS lo".into(), errno: nix::Error::last() });
+            return Err(SystemError::Sys {
+                what: "SIOCGIFFLAGS lo".into(),
+                errno: nix::Error::last(),
+            });
         }
         ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &ifr) < 0 {
-            return Err(SystemError::Sys { what: "SIOCSIFFLAGS lo up".into(), errno: nix::Error::last() });
+            return Err(SystemError::Sys {
+                what: "SIOCSIFFLAGS lo up".into(),
+                errno: nix::Error::last(),
+            });
         }
     }
     Ok(())
@@ -83,13 +99,21 @@ pub fn set_rlimits() -> Result<(), SystemError> {
 /// PID 1 is the last process the OOM killer may pick.
 pub fn protect_from_oom() -> Result<(), SystemError> {
     let path = PathBuf::from("/proc/self/oom_score_adj");
-    fs::write(&path, "-1000").map_err(|source| SystemError::Io { what: "cannot write", path, source })
+    fs::write(&path, "-1000").map_err(|source| SystemError::Io {
+        what: "cannot write",
+        path,
+        source,
+    })
 }
 
 /// Enable every available controller for children of `cgroup` (a cgroup v2 directory).
 pub fn enable_controllers(cgroup: &Path) -> Result<Vec<String>, SystemError> {
     let path = cgroup.join("cgroup.controllers");
-    let available = fs::read_to_string(&path).map_err(|source| SystemError::Io { what: "cannot read", path, source })?;
+    let available = fs::read_to_string(&path).map_err(|source| SystemError::Io {
+        what: "cannot read",
+        path,
+        source,
+    })?;
     let control = cgroup.join("cgroup.subtree_control");
     let mut enabled = Vec::new();
     let mut failed = Vec::new();
@@ -133,10 +157,17 @@ pub fn leave_initramfs() -> Result<bool, SystemError> {
     }
     let tmp = Path::new("/.keel-root");
     let _ = fs::create_dir(tmp);
-    mount(Some("/"), tmp, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(sys("bind-mount / on /.keel-root"))?;
+    mount(
+        Some("/"),
+        tmp,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys("bind-mount / on /.keel-root"))?;
     nix::unistd::chdir(tmp).map_err(sys("chdir /.keel-root"))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(sys("move /.keel-root to /"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(sys("move /.keel-root to /"))?;
     nix::unistd::chroot(".").map_err(sys("chroot into the new root"))?;
     nix::unistd::chdir("/").map_err(sys("chdir /"))?;
     let _ = fs::remove_dir(tmp);
@@ -152,7 +183,10 @@ mod tests {
         assert_eq!(hostname_from(None).unwrap(), "keel");
         assert_eq!(hostname_from(Some("")).unwrap(), "keel");
         assert_eq!(hostname_from(Some("  \n")).unwrap(), "keel");
-        assert_eq!(hostname_from(Some("edge-01.lab\nignored")).unwrap(), "edge-01.lab");
+        assert_eq!(
+            hostname_from(Some("edge-01.lab\nignored")).unwrap(),
+            "edge-01.lab"
+        );
         assert!(hostname_from(Some("bad name")).is_err());
         assert!(hostname_from(Some(&"x".repeat(65))).is_err());
     }

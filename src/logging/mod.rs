@@ -22,7 +22,9 @@ struct ConsoleLogger {
     sink: Mutex<Sink>,
 }
 
-static LOGGER: ConsoleLogger = ConsoleLogger { sink: Mutex::new(Sink::Fd(2)) };
+static LOGGER: ConsoleLogger = ConsoleLogger {
+    sink: Mutex::new(Sink::Fd(2)),
+};
 
 /// Seconds since boot, as the kernel prints them.
 pub fn uptime() -> f64 {
@@ -55,7 +57,11 @@ impl Log for ConsoleLogger {
         let line = format_line(record.level(), &record.args().to_string());
         let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
         let ok = match &mut *sink {
-            Sink::Fd(fd) => nix::unistd::write(unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) }, line.as_bytes()).is_ok(),
+            Sink::Fd(fd) => nix::unistd::write(
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) },
+                line.as_bytes(),
+            )
+            .is_ok(),
             Sink::Console(f) => f.write_all(line.as_bytes()).is_ok(),
             Sink::Kmsg(f) => {
                 let prio = match record.level() {
@@ -86,7 +92,11 @@ pub fn init(debug: bool) {
 }
 
 pub fn set_debug(debug: bool) {
-    log::set_max_level(if debug { LevelFilter::Debug } else { LevelFilter::Info });
+    log::set_max_level(if debug {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    });
 }
 
 pub fn set_quiet() {

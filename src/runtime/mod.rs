@@ -29,11 +29,23 @@ pub enum RuntimeError {
     #[error("bundle {bundle}: {msg}")]
     Bundle { bundle: PathBuf, msg: String },
     #[error("container {id}: {step} failed: {msg}")]
-    Runtime { id: String, step: &'static str, msg: String },
+    Runtime {
+        id: String,
+        step: &'static str,
+        msg: String,
+    },
     #[error("container {id}: {sig} failed: {source}")]
-    Signal { id: String, sig: Signal, source: nix::Error },
+    Signal {
+        id: String,
+        sig: Signal,
+        source: nix::Error,
+    },
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 type Result<T> = std::result::Result<T, RuntimeError>;
@@ -114,19 +126,44 @@ fn guarded<T, E: std::error::Error>(
 ) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(RuntimeError::Runtime { id: id.into(), step, msg: describe(&e) }),
-        Err(p) => Err(RuntimeError::Runtime { id: id.into(), step, msg: format!("runtime panicked: {}", panic_text(p)) }),
+        Ok(Err(e)) => Err(RuntimeError::Runtime {
+            id: id.into(),
+            step,
+            msg: describe(&e),
+        }),
+        Err(p) => Err(RuntimeError::Runtime {
+            id: id.into(),
+            step,
+            msg: format!("runtime panicked: {}", panic_text(p)),
+        }),
+    }
+}
+
+fn oci_error(e: oci_spec::OciSpecError) -> String {
+    match e {
+        oci_spec::OciSpecError::Io(e) => e.to_string(),
+        oci_spec::OciSpecError::SerDe(e) => e.to_string(),
+        e => e.to_string(),
     }
 }
 
 /// Load and check a bundle's config.json; errors name the file and what is wrong.
 pub fn load_spec(bundle: &Path) -> Result<Spec> {
     let path = bundle.join("config.json");
-    let text = fs::read_to_string(&path).map_err(|e| RuntimeError::Config { path: path.clone(), msg: e.to_string() })?;
-    let spec: Spec = serde_json::from_str(&text).map_err(|e| RuntimeError::Config { path: path.clone(), msg: e.to_string() })?;
-    let bad = |msg: String| RuntimeError::Config { path: path.clone(), msg };
+    // oci-spec's own loader: the same deserializer libcontainer links, so it is not built twice.
+    let spec = Spec::load(&path).map_err(|e| RuntimeError::Config {
+        path: path.clone(),
+        msg: oci_error(e),
+    })?;
+    let bad = |msg: String| RuntimeError::Config {
+        path: path.clone(),
+        msg,
+    };
     if !spec.version().starts_with("1.") {
-        return Err(bad(format!("ociVersion {:?} is not supported (1.x only)", spec.version())));
+        return Err(bad(format!(
+            "ociVersion {:?} is not supported (1.x only)",
+            spec.version()
+        )));
     }
     let root = spec.root().as_ref().ok_or_else(|| bad("no \"root\"".into()))?;
     let rootfs = bundle.join(root.path());
@@ -136,12 +173,23 @@ pub fn load_spec(bundle: &Path) -> Result<Spec> {
             msg: format!("root.path {} is not a directory", rootfs.display()),
         });
     }
-    let process = spec.process().as_ref().ok_or_else(|| bad("no \"process\"".into()))?;
-    let args = process.args().as_ref().filter(|a| !a.is_empty()).ok_or_else(|| bad("process.args is empty".into()))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| bad("no \"process\"".into()))?;
+    let args = process
+        .args()
+        .as_ref()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| bad("process.args is empty".into()))?;
     if !executable_exists(&rootfs, &args[0], process.env().as_deref().unwrap_or(&[])) {
         return Err(RuntimeError::Bundle {
             bundle: bundle.into(),
-            msg: format!("executable {:?} (process.args[0]) not found in {}", args[0], rootfs.display()),
+            msg: format!(
+                "executable {:?} (process.args[0]) not found in {}",
+                args[0],
+                rootfs.display()
+            ),
         });
     }
     Ok(spec)
@@ -154,7 +202,10 @@ fn executable_exists(rootfs: &Path, exe: &str, env: &[String]) -> bool {
     if exe.contains('/') {
         return exists(exe);
     }
-    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     path.split(':').any(|dir| exists(&format!("{dir}/{exe}")))
 }
 
@@ -167,7 +218,11 @@ impl Runtime {
             path: patched_root.clone(),
             source,
         })?;
-        Ok(Runtime { state_root, patched_root, cgroup_parent: format!("/{}", cgroup_parent.trim_matches('/')) })
+        Ok(Runtime {
+            state_root,
+            patched_root,
+            cgroup_parent: format!("/{}", cgroup_parent.trim_matches('/')),
+        })
     }
 
     pub fn state_root(&self) -> &Path {
@@ -189,11 +244,18 @@ impl Runtime {
         // Checked here, not left to libcontainer: cleaning up after a failed create must
         // never touch a container that already existed under this id.
         if self.state_root.join(id).exists() {
-            return Err(RuntimeError::Runtime { id: id.into(), step: "create", msg: "a container with this id already exists".into() });
+            return Err(RuntimeError::Runtime {
+                id: id.into(),
+                step: "create",
+                msg: "a container with this id already exists".into(),
+            });
         }
         let mut spec = load_spec(bundle)?;
-        let bundle = fs::canonicalize(bundle)
-            .map_err(|source| RuntimeError::Io { what: "cannot resolve bundle", path: bundle.into(), source })?;
+        let bundle = fs::canonicalize(bundle).map_err(|source| RuntimeError::Io {
+            what: "cannot resolve bundle",
+            path: bundle.into(),
+            source,
+        })?;
         // libcontainer needs an absolute cgroup path (a relative one means systemd).
         let patched_bundle = match spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()) {
             Some(p) if p.is_absolute() => None,
@@ -202,8 +264,8 @@ impl Runtime {
         let oom_adj = spec.process().as_ref().and_then(|p| p.oom_score_adj());
         let saved_oom = oom_adj.and_then(|_| fs::read_to_string("/proc/self/oom_score_adj").ok());
 
-        let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
-            .with_executor(KeelExecutor);
+        let mut builder =
+            ContainerBuilder::new(id.to_string(), SyscallType::default()).with_executor(KeelExecutor);
         builder = guarded(id, "create", || builder.with_root_path(&self.state_root))?;
         if let Some(fd) = stdio.stdout {
             builder = builder.with_stdout(fd);
@@ -212,7 +274,9 @@ impl Runtime {
             builder = builder.with_stderr(fd);
         }
         let from = patched_bundle.clone().unwrap_or_else(|| bundle.clone());
-        let built = guarded(id, "create", || builder.as_init(&from).with_systemd(false).build());
+        let built = guarded(id, "create", || {
+            builder.as_init(&from).with_systemd(false).build()
+        });
 
         // libcontainer writes the container's oomScoreAdj into the caller and may move its cwd.
         if let Some(saved) = saved_oom {
@@ -230,18 +294,36 @@ impl Runtime {
         let pid = match container.pid() {
             Some(pid) => pid,
             None => {
-                let h = Handle { id: id.into(), pid: Pid::from_raw(0), container, patched_bundle };
+                let h = Handle {
+                    id: id.into(),
+                    pid: Pid::from_raw(0),
+                    container,
+                    patched_bundle,
+                };
                 self.delete(h).ok();
-                return Err(RuntimeError::Runtime { id: id.into(), step: "create", msg: "no container PID".into() });
+                return Err(RuntimeError::Runtime {
+                    id: id.into(),
+                    step: "create",
+                    msg: "no container PID".into(),
+                });
             }
         };
-        Ok(Handle { id: id.into(), pid, container, patched_bundle })
+        Ok(Handle {
+            id: id.into(),
+            pid,
+            container,
+            patched_bundle,
+        })
     }
 
     /// Write a copy of the config with an absolute rootfs and a cgroup path under ours.
     fn patch(&self, id: &str, bundle: &Path, spec: &mut Spec) -> Result<PathBuf> {
         let dir = self.patched_root.join(id);
-        let io = |what, source| RuntimeError::Io { what, path: dir.clone(), source };
+        let io = |what, source| RuntimeError::Io {
+            what,
+            path: dir.clone(),
+            source,
+        };
         if let Some(root) = spec.root().clone() {
             let mut root = root;
             root.set_path(bundle.join(root.path()));
@@ -251,8 +333,8 @@ impl Runtime {
         linux.set_cgroups_path(Some(PathBuf::from(format!("{}/{id}", self.cgroup_parent))));
         spec.set_linux(Some(linux));
         fs::create_dir_all(&dir).map_err(|e| io("cannot create", e))?;
-        let json = serde_json::to_vec(spec).map_err(|e| io("cannot encode config for", io::Error::other(e)))?;
-        fs::write(dir.join("config.json"), json).map_err(|e| io("cannot write config in", e))?;
+        spec.save(dir.join("config.json"))
+            .map_err(|e| io("cannot write config in", io::Error::other(oci_error(e))))?;
         Ok(dir)
     }
 
@@ -280,12 +362,18 @@ impl Runtime {
 
     /// Signal the container's init process only (the OCI `kill` default).
     pub fn signal(&self, handle: &Handle, sig: Signal) -> Result<()> {
-        signal::kill(handle.pid, sig).map_err(|source| RuntimeError::Signal { id: handle.id.clone(), sig, source })
+        signal::kill(handle.pid, sig).map_err(|source| RuntimeError::Signal {
+            id: handle.id.clone(),
+            sig,
+            source,
+        })
     }
 
     /// SIGKILL every process of the container (its whole cgroup).
     pub fn kill_all(&self, handle: &mut Handle) -> Result<()> {
-        let r = guarded(&handle.id, "kill", || handle.container.kill(Signal::SIGKILL, true));
+        let r = guarded(&handle.id, "kill", || {
+            handle.container.kill(Signal::SIGKILL, true)
+        });
         // Killing the init takes the rest of a private PID namespace with it, whatever happened above.
         let _ = signal::kill(handle.pid, Signal::SIGKILL);
         r
@@ -328,17 +416,35 @@ mod tests {
     #[test]
     fn missing_rootfs_and_executable_are_named() {
         let d = tmp("exe");
-        bundle(&d, r#"{"ociVersion":"1.0.2","root":{"path":"nope"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["/bin/sh"]}}"#);
+        bundle(
+            &d,
+            r#"{"ociVersion":"1.0.2","root":{"path":"nope"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["/bin/sh"]}}"#,
+        );
         let e = load_spec(&d).unwrap_err().to_string();
         assert!(e.contains("root.path") && e.contains("nope"), "{e}");
-        bundle(&d, r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["/bin/missing"]}}"#);
+        bundle(
+            &d,
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["/bin/missing"]}}"#,
+        );
         let e = load_spec(&d).unwrap_err().to_string();
         assert!(e.contains("\"/bin/missing\"") && e.contains("not found"), "{e}");
-        bundle(&d, r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"],"env":["PATH=/bin"]}}"#);
+        bundle(
+            &d,
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"],"env":["PATH=/bin"]}}"#,
+        );
         assert!(load_spec(&d).is_ok());
-        bundle(&d, r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":[]}}"#);
-        assert!(load_spec(&d).unwrap_err().to_string().contains("process.args is empty"));
-        bundle(&d, r#"{"ociVersion":"2.0","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"]}}"#);
+        bundle(
+            &d,
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":[]}}"#,
+        );
+        assert!(load_spec(&d)
+            .unwrap_err()
+            .to_string()
+            .contains("process.args is empty"));
+        bundle(
+            &d,
+            r#"{"ociVersion":"2.0","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"]}}"#,
+        );
         assert!(load_spec(&d).unwrap_err().to_string().contains("not supported"));
         fs::remove_dir_all(&d).unwrap();
     }

@@ -103,12 +103,23 @@ pub type UnitId = usize;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UnitState {
     Waiting,
-    Running { since: Time },
+    Running {
+        since: Time,
+    },
     /// A stop signal was sent at `since`; `killed` once SIGKILL went out.
-    Stopping { since: Time, killed: bool, timed_out: bool },
-    Exited { exit: Exit, timed_out: bool },
+    Stopping {
+        since: Time,
+        killed: bool,
+        timed_out: bool,
+    },
+    Exited {
+        exit: Exit,
+        timed_out: bool,
+    },
     /// Could not be started, or never died after SIGKILL.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     /// Never run: the boot was stopped or the machine shut down first.
     Skipped,
 }
@@ -174,7 +185,10 @@ impl Machine {
         Machine {
             units: units
                 .into_iter()
-                .map(|spec| Unit { spec, state: UnitState::Waiting })
+                .map(|spec| Unit {
+                    spec,
+                    state: UnitState::Waiting,
+                })
                 .collect(),
             phase: Phase::NotBooted,
             policy,
@@ -277,8 +291,12 @@ impl Machine {
         let u = &self.units[id];
         match u.state {
             UnitState::Running { since } if u.spec.kind != Kind::Service => Some(since + u.spec.timeout),
-            UnitState::Stopping { since, killed: false, .. } => Some(since + u.spec.stop_timeout),
-            UnitState::Stopping { since, killed: true, .. } => Some(since + KILL_GRACE),
+            UnitState::Stopping {
+                since, killed: false, ..
+            } => Some(since + u.spec.stop_timeout),
+            UnitState::Stopping {
+                since, killed: true, ..
+            } => Some(since + KILL_GRACE),
             _ => None,
         }
     }
@@ -297,17 +315,29 @@ impl Machine {
                         human(self.units[id].spec.timeout)
                     );
                     self.log(Level::Error, m);
-                    self.units[id].state = UnitState::Stopping { since: now, killed: true, timed_out: true };
+                    self.units[id].state = UnitState::Stopping {
+                        since: now,
+                        killed: true,
+                        timed_out: true,
+                    };
                     self.out.push(Action::Signal(id, StopSignal::Kill));
                 }
-                UnitState::Stopping { killed: false, timed_out, .. } => {
+                UnitState::Stopping {
+                    killed: false,
+                    timed_out,
+                    ..
+                } => {
                     let m = format!(
                         "{} did not stop within {}; sending SIGKILL",
                         self.label(id),
                         human(self.units[id].spec.stop_timeout)
                     );
                     self.log(Level::Warn, m);
-                    self.units[id].state = UnitState::Stopping { since: now, killed: true, timed_out };
+                    self.units[id].state = UnitState::Stopping {
+                        since: now,
+                        killed: true,
+                        timed_out,
+                    };
                     self.out.push(Action::Signal(id, StopSignal::Kill));
                 }
                 UnitState::Stopping { killed: true, .. } => {
@@ -415,7 +445,10 @@ impl Machine {
                 self.begin_stop(now, kind);
             }
             Phase::Onboot(_) => {
-                self.log(Level::Info, format!("{kind} requested during onboot; stopping the boot"));
+                self.log(
+                    Level::Info,
+                    format!("{kind} requested during onboot; stopping the boot"),
+                );
                 self.skip_waiting(Kind::Onboot);
                 // The running onboot container is stopped like a service.
                 self.begin_stop(now, kind);
@@ -438,7 +471,11 @@ impl Machine {
 
     fn stop_unit(&mut self, now: Time, id: UnitId) {
         if let UnitState::Running { .. } = self.units[id].state {
-            self.units[id].state = UnitState::Stopping { since: now, killed: false, timed_out: false };
+            self.units[id].state = UnitState::Stopping {
+                since: now,
+                killed: false,
+                timed_out: false,
+            };
             self.out.push(Action::Signal(id, StopSignal::Term));
         }
     }

@@ -5,7 +5,12 @@ fn secs(s: u64) -> Time {
 }
 
 fn unit(name: &str, kind: Kind) -> UnitSpec {
-    UnitSpec { name: name.into(), kind, timeout: secs(60), stop_timeout: secs(10) }
+    UnitSpec {
+        name: name.into(),
+        kind,
+        timeout: secs(60),
+        stop_timeout: secs(10),
+    }
 }
 
 /// onboot a, b; services s1, s2; onshutdown z.
@@ -23,7 +28,10 @@ fn machine(policy: OnbootFailure) -> Machine {
 }
 
 fn non_log(actions: Vec<Action>) -> Vec<Action> {
-    actions.into_iter().filter(|a| !matches!(a, Action::Log(..))).collect()
+    actions
+        .into_iter()
+        .filter(|a| !matches!(a, Action::Log(..)))
+        .collect()
 }
 
 fn logs(actions: &[Action]) -> Vec<String> {
@@ -40,7 +48,10 @@ fn logs(actions: &[Action]) -> Vec<String> {
 fn booted(m: &mut Machine) {
     assert_eq!(non_log(m.handle(secs(0), Event::Boot)), vec![Action::Start(0)]);
     assert_eq!(non_log(m.handle(secs(0), Event::Started(0))), vec![]);
-    assert_eq!(non_log(m.handle(secs(1), Event::Exited(0, Exit::Code(0)))), vec![Action::Start(1)]);
+    assert_eq!(
+        non_log(m.handle(secs(1), Event::Exited(0, Exit::Code(0)))),
+        vec![Action::Start(1)]
+    );
     m.handle(secs(1), Event::Started(1));
     assert_eq!(
         non_log(m.handle(secs(2), Event::Exited(1, Exit::Code(0)))),
@@ -65,12 +76,18 @@ fn onboot_exit_codes_are_reported_by_name() {
     m.handle(secs(0), Event::Boot);
     m.handle(secs(0), Event::Started(0));
     let a = m.handle(secs(1), Event::Exited(0, Exit::Code(3)));
-    assert!(logs(&a).iter().any(|l| l == "onboot a failed: exit code 3"), "{a:?}");
+    assert!(
+        logs(&a).iter().any(|l| l == "onboot a failed: exit code 3"),
+        "{a:?}"
+    );
     // continue policy: the next onboot container still runs
     assert!(a.contains(&Action::Start(1)));
     m.handle(secs(1), Event::Started(1));
     let a = m.handle(secs(2), Event::Exited(1, Exit::Code(0)));
-    assert!(logs(&a).iter().any(|l| l == "onboot b finished: exit code 0"), "{a:?}");
+    assert!(
+        logs(&a).iter().any(|l| l == "onboot b finished: exit code 0"),
+        "{a:?}"
+    );
 }
 
 #[test]
@@ -79,7 +96,12 @@ fn failing_onboot_with_poweroff_policy_stops_the_boot() {
     m.handle(secs(0), Event::Boot);
     m.handle(secs(0), Event::Started(0));
     let a = m.handle(secs(1), Event::Exited(0, Exit::Signal(9)));
-    assert!(logs(&a).iter().any(|l| l.contains("boot stopped: onboot a failed")), "{a:?}");
+    assert!(
+        logs(&a)
+            .iter()
+            .any(|l| l.contains("boot stopped: onboot a failed")),
+        "{a:?}"
+    );
     // No services, onboot b skipped, straight to onshutdown.
     assert_eq!(non_log(a), vec![Action::Start(4)]);
     assert_eq!(m.state(1), &UnitState::Skipped);
@@ -94,7 +116,10 @@ fn failing_onboot_with_poweroff_policy_stops_the_boot() {
 fn onboot_that_cannot_start_counts_as_failed() {
     let mut m = machine(OnbootFailure::Reboot);
     m.handle(secs(0), Event::Boot);
-    let a = m.handle(secs(0), Event::StartFailed(0, "bundle a: config.json: bad".into()));
+    let a = m.handle(
+        secs(0),
+        Event::StartFailed(0, "bundle a: config.json: bad".into()),
+    );
     assert!(logs(&a)[0].contains("onboot a failed to start: bundle a: config.json: bad"));
     assert_eq!(non_log(a), vec![Action::Start(4)]);
     m.handle(secs(0), Event::Started(4));
@@ -113,7 +138,9 @@ fn hanging_onboot_is_killed_at_its_timeout_and_boot_goes_on() {
     assert!(logs(&a)[0].contains("onboot a timed out after 1m"), "{a:?}");
     assert_eq!(non_log(a), vec![Action::Signal(0, StopSignal::Kill)]);
     let a = m.handle(secs(60), Event::Exited(0, Exit::Signal(9)));
-    assert!(logs(&a).iter().any(|l| l.contains("onboot a failed: timed out (signal SIGKILL)")));
+    assert!(logs(&a)
+        .iter()
+        .any(|l| l.contains("onboot a failed: timed out (signal SIGKILL)")));
     assert_eq!(non_log(a), vec![Action::Start(1)]);
 }
 
@@ -127,7 +154,10 @@ fn onboot_stuck_after_sigkill_is_abandoned() {
     let a = m.tick(secs(65));
     assert_eq!(non_log(a), vec![Action::Abandon(0), Action::Start(1)]);
     // A late exit report for the abandoned unit changes nothing.
-    assert_eq!(non_log(m.handle(secs(70), Event::Exited(0, Exit::Signal(9)))), vec![]);
+    assert_eq!(
+        non_log(m.handle(secs(70), Event::Exited(0, Exit::Signal(9)))),
+        vec![]
+    );
 }
 
 #[test]
@@ -135,10 +165,19 @@ fn shutdown_terms_services_then_kills_after_stop_timeout_then_runs_onshutdown() 
     let mut m = machine(OnbootFailure::Continue);
     booted(&mut m);
     let a = m.handle(secs(100), Event::Shutdown(ShutdownKind::Poweroff));
-    assert_eq!(non_log(a), vec![Action::Signal(2, StopSignal::Term), Action::Signal(3, StopSignal::Term)]);
+    assert_eq!(
+        non_log(a),
+        vec![
+            Action::Signal(2, StopSignal::Term),
+            Action::Signal(3, StopSignal::Term)
+        ]
+    );
     assert!(m.shutting_down());
     // s1 obeys SIGTERM; s2 ignores it.
-    assert_eq!(non_log(m.handle(secs(101), Event::Exited(2, Exit::Code(0)))), vec![]);
+    assert_eq!(
+        non_log(m.handle(secs(101), Event::Exited(2, Exit::Code(0)))),
+        vec![]
+    );
     assert_eq!(m.next_deadline(), Some(secs(110)));
     assert_eq!(non_log(m.tick(secs(109))), vec![]);
     let a = m.tick(secs(110));
@@ -160,9 +199,15 @@ fn hanging_onshutdown_is_bounded() {
     let a = m.handle(secs(100), Event::Exited(3, Exit::Code(0)));
     assert_eq!(non_log(a), vec![Action::Start(4)]);
     m.handle(secs(100), Event::Started(4));
-    assert_eq!(non_log(m.tick(secs(160))), vec![Action::Signal(4, StopSignal::Kill)]);
+    assert_eq!(
+        non_log(m.tick(secs(160))),
+        vec![Action::Signal(4, StopSignal::Kill)]
+    );
     let a = m.tick(secs(165));
-    assert_eq!(non_log(a), vec![Action::Abandon(4), Action::Finish(ShutdownKind::Halt)]);
+    assert_eq!(
+        non_log(a),
+        vec![Action::Abandon(4), Action::Finish(ShutdownKind::Halt)]
+    );
 }
 
 #[test]

@@ -12,9 +12,11 @@ pub fn repo() -> PathBuf {
 /// A fresh scratch directory under target/, unique per call.
 pub fn scratch(name: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
-    let d = repo()
-        .join("target/test-scratch")
-        .join(format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let d = repo().join("target/test-scratch").join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d).unwrap();
     d
@@ -39,6 +41,10 @@ pub fn busybox_bundle(dir: &Path, script: &str) -> PathBuf {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
     fs::write(rootfs.join("entry"), script).unwrap();
-    fs::copy(repo().join("scripts/busybox-bundle.json"), dir.join("config.json")).unwrap();
+    fs::copy(
+        repo().join("scripts/busybox-bundle.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
     dir.to_path_buf()
 }

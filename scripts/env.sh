@@ -1,0 +1,10 @@
+# Sourced by test.sh and demo.sh: set up the machine, build the kernel and keel, and export
+# KEEL_KERNEL, KEEL_STOCK_KERNEL and KEEL_BIN.
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"$top/scripts/setup.sh"
+KEEL_KERNEL=$("$top/scripts/build-kernel.sh" | tail -n1)
+KEEL_STOCK_KERNEL=$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -n1)
+echo "env: building the static keel binary" >&2
+(cd "$top" && cargo build --release --target x86_64-unknown-linux-musl --quiet)
+KEEL_BIN="$top/target/x86_64-unknown-linux-musl/release/keel"
+export KEEL_KERNEL KEEL_STOCK_KERNEL KEEL_BIN

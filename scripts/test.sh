@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine (as root): installs what is missing,
+# builds the kernel (cached) and the static keel binary, then runs lints, unit tests, host
+# runtime tests and the QEMU boot tests.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$top"
+echo "test: cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "test: cargo clippy" >&2
+cargo clippy --all-targets --quiet -- -D warnings
+echo "test: cargo test" >&2
+cargo test --quiet -- --test-threads=2 "$@"

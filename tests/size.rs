@@ -1,0 +1,45 @@
+//! Size budgets: the device binary and the smallest bootable image. These fail on growth.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+
+/// Measured 3.40 MB (static, stripped, opt-level z, LTO); the budget leaves ~3% headroom.
+const KEEL_BINARY_BUDGET: u64 = 3_500_000;
+/// Measured 2.55 MB kernel + 1.43 MB initrd (keel alone); budget from the project target.
+const MINIMAL_IMAGE_BUDGET: u64 = 6_000_000;
+
+fn path_from_env(var: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set (scripts/test.sh sets it)")))
+}
+
+#[test]
+fn keel_binary_is_static_stripped_and_within_budget() {
+    let bin = path_from_env("KEEL_BIN");
+    let size = fs::metadata(&bin).unwrap().len();
+    assert!(size <= KEEL_BINARY_BUDGET, "{} is {size} bytes, budget {KEEL_BINARY_BUDGET}", bin.display());
+    let out = Command::new("file").arg(&bin).output().expect("run file");
+    let desc = String::from_utf8_lossy(&out.stdout);
+    assert!(desc.contains("statically linked"), "{desc}");
+    assert!(desc.contains("stripped") && !desc.contains("not stripped"), "{desc}");
+}
+
+#[test]
+fn minimal_image_is_within_budget() {
+    let kernel = path_from_env("KEEL_KERNEL");
+    let src = scratch("minimal-src");
+    let img = scratch("minimal").join("initrd.img");
+    let st = Command::new(repo().join("scripts/build-image.sh"))
+        .arg(&src)
+        .arg(&img)
+        .arg(path_from_env("KEEL_BIN"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (k, i) = (fs::metadata(&kernel).unwrap().len(), fs::metadata(&img).unwrap().len());
+    assert!(k + i <= MINIMAL_IMAGE_BUDGET, "kernel {k} + initrd {i} bytes, budget {MINIMAL_IMAGE_BUDGET}");
+}
