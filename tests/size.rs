@@ -14,18 +14,27 @@ const KEEL_BINARY_BUDGET: u64 = 3_500_000;
 const MINIMAL_IMAGE_BUDGET: u64 = 6_000_000;
 
 fn path_from_env(var: &str) -> PathBuf {
-    PathBuf::from(std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set (scripts/test.sh sets it)")))
+    PathBuf::from(
+        std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set (scripts/test.sh sets it)")),
+    )
 }
 
 #[test]
 fn keel_binary_is_static_stripped_and_within_budget() {
     let bin = path_from_env("KEEL_BIN");
     let size = fs::metadata(&bin).unwrap().len();
-    assert!(size <= KEEL_BINARY_BUDGET, "{} is {size} bytes, budget {KEEL_BINARY_BUDGET}", bin.display());
+    assert!(
+        size <= KEEL_BINARY_BUDGET,
+        "{} is {size} bytes, budget {KEEL_BINARY_BUDGET}",
+        bin.display()
+    );
     let out = Command::new("file").arg(&bin).output().expect("run file");
     let desc = String::from_utf8_lossy(&out.stdout);
     assert!(desc.contains("statically linked"), "{desc}");
-    assert!(desc.contains("stripped") && !desc.contains("not stripped"), "{desc}");
+    assert!(
+        desc.contains("stripped") && !desc.contains("not stripped"),
+        "{desc}"
+    );
 }
 
 #[test]
@@ -40,6 +49,12 @@ fn minimal_image_is_within_budget() {
         .status()
         .unwrap();
     assert!(st.success());
-    let (k, i) = (fs::metadata(&kernel).unwrap().len(), fs::metadata(&img).unwrap().len());
-    assert!(k + i <= MINIMAL_IMAGE_BUDGET, "kernel {k} + initrd {i} bytes, budget {MINIMAL_IMAGE_BUDGET}");
+    let (k, i) = (
+        fs::metadata(&kernel).unwrap().len(),
+        fs::metadata(&img).unwrap().len(),
+    );
+    assert!(
+        k + i <= MINIMAL_IMAGE_BUDGET,
+        "kernel {k} + initrd {i} bytes, budget {MINIMAL_IMAGE_BUDGET}"
+    );
 }
