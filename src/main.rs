@@ -15,6 +15,9 @@ const USAGE: &str = "usage:
   keel run [--id ID] [--root STATE_DIR] [--cgroup-parent PATH] BUNDLE
       create, start and wait for the OCI bundle with the embedded runtime, then delete it;
       exits with the container's exit code (128+N when killed by signal N)
+  keel init --root DIR [--cmdline OPTIONS]
+      development mode: run the unpacked image in DIR with keel as PID 1 of new
+      namespaces on this host; OPTIONS are the kernel options keel would read
   keel poweroff | reboot | halt
       ask PID 1 to shut the machine down
   keel version";
@@ -26,6 +29,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
+        Some("init") => dev_init(&args[1..]),
         Some(req @ ("poweroff" | "reboot" | "halt")) => request(req),
         Some("version" | "--version") => {
             println!("keel {}", env!("CARGO_PKG_VERSION"));
@@ -122,6 +126,33 @@ fn request(what: &str) -> ExitCode {
         Err(e) => {
             eprintln!("keel {what}: cannot write {INITCTL} or signal PID 1: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn dev_init(args: &[String]) -> ExitCode {
+    let mut root = None;
+    let mut cmdline = String::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.next()) {
+            ("--root", Some(v)) => root = Some(PathBuf::from(v)),
+            ("--cmdline", Some(v)) => cmdline = v.clone(),
+            _ => {
+                eprintln!("keel init: bad arguments\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(root) = root else {
+        eprintln!("keel init: --root is required\n{USAGE}");
+        return ExitCode::from(2);
+    };
+    match keel::init::dev::run(&root, &cmdline) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("keel init: {e}");
+            ExitCode::from(125)
         }
     }
 }

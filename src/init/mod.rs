@@ -3,6 +3,7 @@
 
 pub mod cmdline;
 pub mod containers;
+pub mod dev;
 pub mod mounts;
 pub mod shutdown;
 pub mod system;
@@ -12,6 +13,7 @@ use std::fs;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -82,15 +84,30 @@ pub fn parse_request(line: &str) -> Option<ShutdownKind> {
     }
 }
 
-/// Entry point when running as PID 1. Never returns.
+/// Entry point when running as PID 1 of the machine. Never returns.
 pub fn main() -> ! {
+    pid1(None)
+}
+
+/// PID 1. `dev_cmdline` is set in development mode (`keel init --root`): PID 1 of fresh
+/// namespaces on a host, logging to stderr and taking its options from the caller.
+pub fn pid1(dev_cmdline: Option<String>) -> ! {
     crate::logging::init(false);
     // Before anything else: from here on no signal is lost, and none can kill us.
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled_signals()), None);
     std::panic::set_hook(Box::new(|info| log::error!("internal error: {info}")));
     log::info!("keel {} starting as PID 1", env!("CARGO_PKG_VERSION"));
+    if dev_cmdline.is_some() {
+        shutdown::DEV_MODE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 
-    let opts = boot(Path::new("/"));
+    let opts = match catch_unwind(|| boot(Path::new("/"), dev_cmdline.clone())) {
+        Ok(opts) => opts,
+        Err(_) => {
+            log::error!("internal error during boot set-up; continuing with defaults");
+            Options::default()
+        }
+    };
     let err = match run(opts, Path::new(CONTAINERS)) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -101,20 +118,25 @@ pub fn main() -> ! {
 
 /// Bring up the base system. Every step that fails is reported and skipped: a degraded
 /// system that says what is wrong beats a kernel panic.
-fn boot(root: &Path) -> Options {
-    match system::leave_initramfs() {
-        Ok(true) => log::debug!("initramfs root bind-mounted onto itself"),
-        Ok(false) => {}
-        Err(e) => log::error!("{e}; containers will not be able to pivot_root"),
+fn boot(root: &Path, dev_cmdline: Option<String>) -> Options {
+    let dev = dev_cmdline.is_some();
+    if !dev {
+        match system::leave_initramfs() {
+            Ok(true) => log::debug!("initramfs root bind-mounted onto itself"),
+            Ok(false) => {}
+            Err(e) => log::error!("{e}; containers will not be able to pivot_root"),
+        }
     }
     let mount_errors = mounts::mount_base(root);
-    crate::logging::open_console();
+    if !dev {
+        crate::logging::open_console();
+    }
     system::ensure_stdio();
     for e in &mount_errors {
         log::error!("{e}");
     }
 
-    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let cmdline = dev_cmdline.unwrap_or_else(|| fs::read_to_string("/proc/cmdline").unwrap_or_default());
     let opts = cmdline::parse(&cmdline);
     if opts.quiet {
         crate::logging::set_quiet();
@@ -288,10 +310,15 @@ impl Driver {
         if b.spec.kind != Kind::Service {
             log::info!("running {} {}", b.spec.kind, b.spec.name);
         }
+        // Output goes to the console; input never comes from it (a container must not
+        // compete with a console login for keystrokes).
+        let stdin = fs::File::open("/dev/null").ok().map(Into::into);
+        let stdio = Stdio {
+            stdin,
+            ..Stdio::default()
+        };
         let result = match &self.runtime {
-            Ok(rt) => rt
-                .run(&b.id, &b.path, Stdio::default())
-                .map_err(|e| e.to_string()),
+            Ok(rt) => rt.run(&b.id, &b.path, stdio).map_err(|e| e.to_string()),
             Err(e) => Err(e.clone()),
         };
         match result {
@@ -438,26 +465,32 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
                 continue;
             }
         };
-        for e in &events[..n] {
-            match e.data() {
-                TOKEN_SIGNAL => {
-                    while let Ok(Some(info)) = sfd.read_signal() {
-                        driver.on_signal(info.ssi_signo as i32);
+        // A bug in one step must not take PID 1 down: it is reported and supervision goes on.
+        let step = catch_unwind(AssertUnwindSafe(|| {
+            for e in &events[..n] {
+                match e.data() {
+                    TOKEN_SIGNAL => {
+                        while let Ok(Some(info)) = sfd.read_signal() {
+                            driver.on_signal(info.ssi_signo as i32);
+                        }
                     }
-                }
-                TOKEN_TIMER => {
-                    let _ = tfd.wait();
-                }
-                TOKEN_INITCTL => {
-                    if let Some(f) = initctl.as_mut() {
-                        driver.read_initctl(f);
+                    TOKEN_TIMER => {
+                        let _ = tfd.wait();
                     }
+                    TOKEN_INITCTL => {
+                        if let Some(f) = initctl.as_mut() {
+                            driver.read_initctl(f);
+                        }
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
+            let first = driver.queue.pop_front();
+            driver.pump(first);
+        }));
+        if step.is_err() {
+            log::error!("internal error in the event loop; carrying on");
         }
-        let first = driver.queue.pop_front();
-        driver.pump(first);
     }
 }
 

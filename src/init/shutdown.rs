@@ -1,6 +1,7 @@
 //! The end of the machine's life: stop stragglers, sync, unmount, reboot(2).
 
 use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -11,6 +12,10 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::supervisor::ShutdownKind;
+
+/// Set in development mode, where "/" is a bind mount of a host directory: remounting it
+/// read-only would make the host's filesystem read-only.
+pub static DEV_MODE: AtomicBool = AtomicBool::new(false);
 
 /// Reap children until none is left or `limit` passes; true when none is left.
 fn reap_all(limit: Duration) -> bool {
@@ -64,13 +69,15 @@ pub fn finish(kind: ShutdownKind) -> ! {
     if !busy.is_empty() {
         log::warn!("could not unmount {}", busy.join(" "));
     }
-    let _ = nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
-        None::<&str>,
-    );
+    if !DEV_MODE.load(Ordering::Relaxed) {
+        let _ = nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        );
+    }
     nix::unistd::sync();
     let mode = match kind {
         ShutdownKind::Poweroff => RebootMode::RB_POWER_OFF,

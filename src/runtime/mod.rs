@@ -72,6 +72,7 @@ pub struct Handle {
 /// Optional stdio for the container; `None` inherits the caller's.
 #[derive(Default)]
 pub struct Stdio {
+    pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
 }
@@ -267,6 +268,9 @@ impl Runtime {
         let mut builder =
             ContainerBuilder::new(id.to_string(), SyscallType::default()).with_executor(KeelExecutor);
         builder = guarded(id, "create", || builder.with_root_path(&self.state_root))?;
+        if let Some(fd) = stdio.stdin {
+            builder = builder.with_stdin(fd);
+        }
         if let Some(fd) = stdio.stdout {
             builder = builder.with_stdout(fd);
         }
