@@ -10,6 +10,7 @@ mod common;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -45,10 +46,17 @@ fn build_image(src: &str) -> PathBuf {
 
 struct Boot {
     console: String,
+    /// The VM ended by itself (or reached `until`), rather than being killed at the limit.
     exited: bool,
 }
 
 fn boot(kernel: &Path, initrd: &Path, cmdline: &str) -> Boot {
+    boot_until(kernel, initrd, cmdline, None)
+}
+
+/// Boot and wait for QEMU to exit, or (for a halt, after which QEMU stays up) for `until`
+/// to appear on the console, then stop QEMU.
+fn boot_until(kernel: &Path, initrd: &Path, cmdline: &str, until: Option<&str>) -> Boot {
     let mut child = Command::new(repo().join("scripts/run-qemu.sh"))
         .arg(kernel)
         .arg(initrd)
@@ -59,14 +67,27 @@ fn boot(kernel: &Path, initrd: &Path, cmdline: &str) -> Boot {
         .spawn()
         .expect("run scripts/run-qemu.sh");
     let mut out = child.stdout.take().unwrap();
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let sink = console.clone();
     let reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
     });
     let start = Instant::now();
+    let seen = |pat: &str| String::from_utf8_lossy(&console.lock().unwrap()).contains(pat);
     let exited = loop {
         if let Ok(Some(_)) = child.try_wait() {
+            break true;
+        }
+        if until.is_some_and(seen) {
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = child.kill();
+            let _ = child.wait();
             break true;
         }
         if start.elapsed() > BOOT_LIMIT {
@@ -76,11 +97,12 @@ fn boot(kernel: &Path, initrd: &Path, cmdline: &str) -> Boot {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    let _ = reader.join();
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    let console = String::from_utf8_lossy(&reader.join().unwrap()).replace('\r', "") + &err;
+    let console = String::from_utf8_lossy(&console.lock().unwrap()).replace('\r', "") + &err;
     Boot { console, exited }
 }
 
@@ -204,5 +226,45 @@ fn onboot_failure_policy_poweroff_stops_the_boot() {
             "reboot: Power down",
         ],
         &[NEVER, &["running onboot hang", "started service", "svc: running"]].concat(),
+    );
+}
+
+#[test]
+fn signals_to_pid1_follow_busybox_conventions() {
+    require_root();
+    let kernel = env_path("KEEL_KERNEL", "run scripts/build-kernel.sh");
+    let initrd = build_image("tests/images/boot");
+    let b = boot(&kernel, &initrd, "keel_test.shutdown=sigint");
+    assert_in_order(
+        &b,
+        "SIGINT reboots",
+        &[
+            "KEEL-CHECK: PASS",
+            "keel: reboot requested by SIGINT",
+            "svc: got SIGTERM",
+            "bye: onshutdown container ran",
+            "keel: reboot now",
+            "reboot: Restarting system",
+        ],
+        NEVER,
+    );
+    let b = boot_until(
+        &kernel,
+        &initrd,
+        "keel_test.shutdown=sigusr1",
+        Some("reboot: System halted"),
+    );
+    assert_in_order(
+        &b,
+        "SIGUSR1 halts",
+        &[
+            "KEEL-CHECK: PASS",
+            "keel: halt requested by SIGUSR1",
+            "svc: got SIGTERM",
+            "bye: onshutdown container ran",
+            "keel: halt now",
+            "reboot: System halted",
+        ],
+        NEVER,
     );
 }
