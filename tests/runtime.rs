@@ -84,13 +84,12 @@ fn killed_container_reports_the_signal() {
     let d = scratch("rt-sig");
     // A PID-namespace init cannot be killed from inside its namespace: use the host's.
     let b = busybox_bundle(&d.join("b"), "kill -KILL $$");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&fs::read(b.join("config.json")).unwrap()).unwrap();
-    spec["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|n| n["type"] != "pid");
-    fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    edit_config(&b, |spec| {
+        spec["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "pid")
+    });
     let out = keel_run(&d.join("state"), "sig", &b);
     assert_eq!(
         out.status.code(),
@@ -170,12 +169,11 @@ fn failing_create_leaves_no_state() {
     let d = scratch("rt-createfail");
     let b = busybox_bundle(&d.join("b"), "exit 0");
     // Valid JSON, but a mount libcontainer cannot perform: create fails inside the runtime.
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&fs::read(b.join("config.json")).unwrap()).unwrap();
-    spec["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+    edit_config(&b, |spec| {
+        spec["mounts"].as_array_mut().unwrap().push(serde_json::json!({
         "destination": "/nowhere", "type": "bind", "source": "/nonexistent/keel-source", "options": ["bind"]
-    }));
-    fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+        }))
+    });
     let out = keel_run(&d.join("state"), "cf", &b);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");

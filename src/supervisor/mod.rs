@@ -314,13 +314,7 @@ impl Machine {
                         self.label(id),
                         human(self.units[id].spec.timeout)
                     );
-                    self.log(Level::Error, m);
-                    self.units[id].state = UnitState::Stopping {
-                        since: now,
-                        killed: true,
-                        timed_out: true,
-                    };
-                    self.out.push(Action::Signal(id, StopSignal::Kill));
+                    self.escalate(now, id, true, Level::Error, m);
                 }
                 UnitState::Stopping {
                     killed: false,
@@ -332,13 +326,7 @@ impl Machine {
                         self.label(id),
                         human(self.units[id].spec.stop_timeout)
                     );
-                    self.log(Level::Warn, m);
-                    self.units[id].state = UnitState::Stopping {
-                        since: now,
-                        killed: true,
-                        timed_out,
-                    };
-                    self.out.push(Action::Signal(id, StopSignal::Kill));
+                    self.escalate(now, id, timed_out, Level::Warn, m);
                 }
                 UnitState::Stopping { killed: true, .. } => {
                     let reason = format!("still alive {} after SIGKILL; abandoned", human(KILL_GRACE));
@@ -351,6 +339,16 @@ impl Machine {
                 _ => {}
             }
         }
+    }
+
+    fn escalate(&mut self, now: Time, id: UnitId, timed_out: bool, level: Level, why: String) {
+        self.log(level, why);
+        self.units[id].state = UnitState::Stopping {
+            since: now,
+            killed: true,
+            timed_out,
+        };
+        self.out.push(Action::Signal(id, StopSignal::Kill));
     }
 
     fn exited(&mut self, now: Time, id: UnitId, exit: Exit) {

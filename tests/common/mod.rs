@@ -48,3 +48,11 @@ pub fn busybox_bundle(dir: &Path, script: &str) -> PathBuf {
     .unwrap();
     dir.to_path_buf()
 }
+
+/// Rewrite a bundle's config.json through `edit`.
+pub fn edit_config(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    edit(&mut spec);
+    fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+}
