@@ -77,8 +77,12 @@ impl Log for ConsoleLogger {
             Sink::None => true,
         };
         if !ok {
-            // Nowhere to write (console gone, fd closed): stop trying rather than loop on errors.
-            *sink = Sink::None;
+            // A console that fails (gone, or never backed by a device) hands over to the
+            // kernel log; when that fails too, stop trying rather than loop on errors.
+            *sink = match &*sink {
+                Sink::Fd(_) | Sink::Console(_) => open_kmsg().map(Sink::Kmsg).unwrap_or(Sink::None),
+                _ => Sink::None,
+            };
         }
     }
 
@@ -103,20 +107,23 @@ pub fn set_quiet() {
     log::set_max_level(LevelFilter::Warn);
 }
 
+fn open_write(path: &str) -> Option<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .ok()
+}
+
+fn open_kmsg() -> Option<File> {
+    open_write("/dev/kmsg")
+}
+
 /// Switch to /dev/console, or /dev/kmsg when there is no console (once /dev is mounted).
 pub fn open_console() {
-    let open = |path: &str| {
-        OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open(path)
-    };
-    let sink = match open("/dev/console") {
-        Ok(f) => Sink::Console(f),
-        _ => match open("/dev/kmsg") {
-            Ok(f) => Sink::Kmsg(f),
-            Err(_) => Sink::None,
-        },
+    let sink = match open_write("/dev/console") {
+        Some(f) => Sink::Console(f),
+        None => open_kmsg().map(Sink::Kmsg).unwrap_or(Sink::None),
     };
     *LOGGER.sink.lock().unwrap_or_else(|e| e.into_inner()) = sink;
 }
