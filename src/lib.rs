@@ -2,6 +2,7 @@
 
 pub mod duration;
 pub mod init;
+pub mod ctl;
 pub mod logging;
 pub mod runtime;
 pub mod supervisor;

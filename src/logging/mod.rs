@@ -2,6 +2,8 @@
 //! Works before /dev exists (the kernel's stderr), falls back to /dev/kmsg, and silently
 //! drops lines when there is nowhere to write: logging never stops init.
 
+pub mod capture;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

@@ -1,0 +1,1 @@
+//! The control protocol and the `keel ctl` client (work in progress).

@@ -1,0 +1,1 @@
+//! Capture of containers' output (work in progress).
