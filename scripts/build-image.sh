@@ -7,7 +7,7 @@
 # A bundle directory is either a full OCI bundle (config.json + rootfs/) or a busybox
 # bundle: an `entry` shell script, an optional config.json (default:
 # scripts/busybox-bundle.json) and optional `annotations` lines (key=value); its rootfs
-# gets a static busybox. The initrd is a gzip'd newc cpio with fixed owners and times.
+# gets a static busybox and /bin/keel. The initrd is a gzip'd newc cpio with fixed owners and times.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 src=${1:?usage: build-image.sh SRC OUT.img [KEEL_BINARY]}
@@ -42,6 +42,8 @@ for kind in onboot services onshutdown; do
     mkdir -p "$dst/rootfs/bin" "$dst/rootfs/proc" "$dst/rootfs/dev" "$dst/rootfs/sys" "$dst/rootfs/tmp" "$dst/rootfs/run" "$dst/rootfs/etc"
     # Hard links: the cpio stores busybox once however many bundles use it.
     ln "$stage/.busybox/busybox" "$dst/rootfs/bin/busybox"
+    # keel itself, for `keel notify` and `keel ctl` inside containers (a hard link: free).
+    ln "$stage/init" "$dst/rootfs/bin/keel"
     for a in $applets; do ln -s busybox "$dst/rootfs/bin/$a"; done
     install -m 0755 "$b/entry" "$dst/rootfs/entry"
     for extra in "$b"/files/*; do [ -e "$extra" ] && cp -a "$extra" "$dst/rootfs/"; done

@@ -20,14 +20,20 @@ const USAGE: &str = "usage:
       namespaces on this host; OPTIONS are the kernel options keel would read
   keel poweroff | reboot | halt
       ask PID 1 to shut the machine down
+  keel notify [--ready] [--status TEXT] [VAR=VALUE...]
+      tell keel about this service through $NOTIFY_SOCKET (the sd_notify protocol)
   keel version";
 
 fn main() -> ExitCode {
-    if nix::unistd::getpid().as_raw() == 1 {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = args.first().map(String::as_str);
+    // PID 1 boots the machine, unless it is a container's first process running one of the
+    // commands meant for containers (the kernel may pass other stray words to init).
+    if nix::unistd::getpid().as_raw() == 1 && !matches!(cmd, Some("notify" | "ctl")) {
         init::main();
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    match cmd {
+        Some("notify") => notify(&args[1..]),
         Some("run") => run(&args[1..]),
         Some("init") => dev_init(&args[1..]),
         Some(req @ ("poweroff" | "reboot" | "halt")) => request(req),
@@ -153,6 +159,45 @@ fn dev_init(args: &[String]) -> ExitCode {
         Err(e) => {
             eprintln!("keel init: {e}");
             ExitCode::from(125)
+        }
+    }
+}
+
+/// The sd_notify client side: one datagram with newline-separated VAR=VALUE lines.
+fn notify(args: &[String]) -> ExitCode {
+    let mut lines = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--ready" => lines.push("READY=1".to_string()),
+            "--status" => match it.next() {
+                Some(t) => lines.push(format!("STATUS={t}")),
+                None => {
+                    eprintln!("keel notify: --status needs a value");
+                    return ExitCode::from(2);
+                }
+            },
+            v if v.contains('=') && !v.starts_with('-') => lines.push(v.to_string()),
+            _ => {
+                eprintln!("keel notify: unexpected argument {a:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        eprintln!("keel notify: NOTIFY_SOCKET is not set (the service needs readiness: notify)");
+        return ExitCode::FAILURE;
+    };
+    let sent = std::os::unix::net::UnixDatagram::unbound()
+        .and_then(|s| s.send_to(lines.join("\n").as_bytes(), &path));
+    match sent {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "keel notify: cannot send to {}: {e}",
+                PathBuf::from(path).display()
+            );
+            ExitCode::FAILURE
         }
     }
 }

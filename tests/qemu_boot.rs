@@ -268,3 +268,57 @@ fn signals_to_pid1_follow_busybox_conventions() {
         NEVER,
     );
 }
+
+#[test]
+fn services_are_supervised_restarted_and_ordered() {
+    require_root();
+    let initrd = build_image("tests/images/supervise");
+    let b = boot(
+        &env_path("KEEL_KERNEL", "run scripts/build-kernel.sh"),
+        &initrd,
+        "",
+    );
+    let order = |what: &str, lines: &[&str]| assert_in_order(&b, what, lines, NEVER);
+    order(
+        "crash loop: growing delays, then the start limit",
+        &[
+            "keel: started service crash",
+            "keel: warning: service crash exited: exit code 1",
+            "keel: restarting service crash in 50ms",
+            "keel: restarting service crash in 100ms",
+            "keel: restarting service crash in 200ms",
+            "keel: error: service crash failed: start limit reached: 4 starts within 1m; not restarting it",
+            "keel: poweroff now",
+        ],
+    );
+    order(
+        "readiness through sd_notify gates the dependent service",
+        &[
+            "keel: started service db (waiting for READY=1)",
+            "db: ready",
+            "keel: service db is ready",
+            "keel: started service web",
+            "web: started",
+        ],
+    );
+    order(
+        "readiness through a ready file",
+        &[
+            "keel: started service rf (waiting for /tmp/ready)",
+            "keel: service rf is ready",
+        ],
+    );
+    order(
+        "shutdown stops the dependent first, each with SIGTERM",
+        &[
+            "keel: poweroff requested",
+            "web: got SIGTERM",
+            "keel: stopped service web: exit code 0",
+            "db: got SIGTERM",
+            "keel: stopped service db: exit code 0",
+            "reboot: Power down",
+        ],
+    );
+    let restarts = b.console.matches("keel: started service crash").count();
+    assert_eq!(restarts, 4, "crash must start exactly 4 times\n{}", b.console);
+}

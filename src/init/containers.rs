@@ -1,19 +1,17 @@
 //! The image's containers, as laid out in the initrd:
 //! `<root>/onboot/NNN-name/`, `<root>/services/name/`, `<root>/onshutdown/NNN-name/`,
 //! each an OCI bundle (config.json + rootfs). Onboot and onshutdown run in directory-name
-//! order. Per-container settings come from config.json annotations:
-//! `org.keel.timeout` (onboot/onshutdown run limit) and `org.keel.stop_timeout`.
+//! order. Per-container settings come from config.json annotations `org.keel.*` (see
+//! `settings`): the bundle stays a plain OCI bundle that any runtime can run.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::duration;
 use crate::init::cmdline::Options;
-use crate::supervisor::{Kind, UnitSpec};
+use crate::supervisor::{Kind, Readiness, Restart, UnitSpec};
 
-pub const TIMEOUT_ANNOTATION: &str = "org.keel.timeout";
-pub const STOP_TIMEOUT_ANNOTATION: &str = "org.keel.stop_timeout";
+const PREFIX: &str = "org.keel.";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bundle {
@@ -63,14 +61,9 @@ pub fn discover(root: &Path, opts: &Options) -> (Vec<Bundle>, Vec<String>) {
         names.sort();
         for dir_name in names {
             let path = dir.join(&dir_name);
-            let (timeout, stop_timeout) = timeouts(&path, kind, opts, &mut warnings);
+            let spec = settings(&path, display_name(&dir_name), kind, opts, &mut warnings);
             out.push(Bundle {
-                spec: UnitSpec {
-                    name: display_name(&dir_name).to_string(),
-                    kind,
-                    timeout,
-                    stop_timeout,
-                },
+                spec,
                 id: format!("{sub}.{dir_name}"),
                 path,
             });
@@ -79,38 +72,99 @@ pub fn discover(root: &Path, opts: &Options) -> (Vec<Bundle>, Vec<String>) {
     (out, warnings)
 }
 
-fn timeouts(bundle: &Path, kind: Kind, opts: &Options, warnings: &mut Vec<String>) -> (Duration, Duration) {
-    let mut timeout = match kind {
+/// The unit's settings: defaults from the kernel command line, then the bundle's
+/// `org.keel.*` annotations. A bad value is a warning naming the file and the key, and the
+/// default stands.
+fn settings(bundle: &Path, name: &str, kind: Kind, opts: &Options, warnings: &mut Vec<String>) -> UnitSpec {
+    let mut spec = UnitSpec::new(name, kind);
+    spec.timeout = match kind {
         Kind::Onshutdown => opts.onshutdown_timeout,
         _ => opts.onboot_timeout,
     };
-    let mut stop = opts.stop_timeout;
+    spec.stop_timeout = opts.stop_timeout;
     let config = bundle.join("config.json");
     let annotations = fs::read(&config)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get("annotations").cloned());
-    if let Some(a) = annotations {
-        for (key, slot) in [
-            (TIMEOUT_ANNOTATION, &mut timeout),
-            (STOP_TIMEOUT_ANNOTATION, &mut stop),
-        ] {
-            match a.get(key).map(|v| v.as_str().map(duration::parse)) {
-                None => {}
-                Some(Some(Ok(d))) => *slot = d,
-                Some(Some(Err(e))) => warnings.push(format!("{}: annotation {key}: {e}", config.display())),
-                Some(None) => {
-                    warnings.push(format!("{}: annotation {key} must be a string", config.display()))
-                }
-            }
+        .and_then(|v| v.get("annotations").and_then(|a| a.as_object()).cloned());
+    for (key, value) in annotations.into_iter().flatten() {
+        let Some(short) = key.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let Some(text) = value.as_str() else {
+            warnings.push(format!("{}: annotation {key} must be a string", config.display()));
+            continue;
+        };
+        if let Err(e) = apply(&mut spec, short, text) {
+            warnings.push(format!("{}: annotation {key}={text:?}: {e}", config.display()));
         }
     }
-    (timeout, stop)
+    spec
+}
+
+fn apply(spec: &mut UnitSpec, key: &str, text: &str) -> Result<(), String> {
+    let dur = || duration::parse(text).map_err(|e| e.to_string());
+    let svc = &mut spec.service;
+    match key {
+        "timeout" => spec.timeout = dur()?,
+        "stop_timeout" => spec.stop_timeout = dur()?,
+        "restart" => {
+            svc.restart = match text {
+                "always" => Restart::Always,
+                "on-failure" => Restart::OnFailure,
+                "never" => Restart::Never,
+                _ => return Err("expected always, on-failure or never".into()),
+            }
+        }
+        "restart_delay" => svc.backoff.initial = dur()?,
+        "restart_delay_max" => svc.backoff.max = dur()?,
+        "restart_reset" => svc.backoff.reset_after = dur()?,
+        "restart_factor" => {
+            svc.backoff.factor = text
+                .parse()
+                .ok()
+                .filter(|&f| (1..=100).contains(&f))
+                .ok_or("expected a whole number from 1 to 100")?
+        }
+        "start_limit" => {
+            let (n, t) = text
+                .split_once('/')
+                .ok_or("expected STARTS/DURATION, such as 10/60s")?;
+            svc.start_limit.burst = n
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or("STARTS must be a positive number")?;
+            svc.start_limit.interval = duration::parse(t).map_err(|e| e.to_string())?;
+        }
+        "depends_on" => {
+            svc.depends_on = text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        }
+        "readiness" => {
+            svc.readiness = match text {
+                "started" => Readiness::Started,
+                "notify" => Readiness::Notify,
+                f => match f.strip_prefix("file:") {
+                    Some(path) if path.starts_with('/') => Readiness::File(path.into()),
+                    _ => return Err("expected started, notify or file:/ABSOLUTE/PATH".into()),
+                },
+            }
+        }
+        "start_timeout" => svc.start_timeout = dur()?,
+        _ => return Err("unknown keel annotation".into()),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn names() {
@@ -141,7 +195,7 @@ mod tests {
         .unwrap();
         fs::write(
             root.join("services/web/config.json"),
-            r#"{"annotations":{"org.keel.stop_timeout":"soon","org.keel.timeout":3}}"#,
+            r#"{"annotations":{"org.keel.stop_timeout":"soon","org.keel.timeout":3,"other.key":"x"}}"#,
         )
         .unwrap();
         let opts = Options::default();
@@ -179,5 +233,78 @@ mod tests {
     fn missing_root_is_an_empty_image() {
         let (b, w) = discover(Path::new("/nonexistent/keel"), &Options::default());
         assert!(b.is_empty() && w.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod annotation_tests {
+    use super::*;
+    use crate::supervisor::{Readiness, Restart};
+    use std::time::Duration;
+
+    fn spec_with(pairs: &[(&str, &str)]) -> Result<UnitSpec, String> {
+        let mut s = UnitSpec::new("web", Kind::Service);
+        for (k, v) in pairs {
+            apply(&mut s, k, v)?;
+        }
+        Ok(s)
+    }
+
+    #[test]
+    fn every_service_setting() {
+        let s = spec_with(&[
+            ("restart", "on-failure"),
+            ("restart_delay", "250ms"),
+            ("restart_delay_max", "5s"),
+            ("restart_factor", "3"),
+            ("restart_reset", "1m"),
+            ("start_limit", "4/30s"),
+            ("depends_on", "db, cache,"),
+            ("readiness", "file:/run/ready"),
+            ("start_timeout", "20s"),
+            ("stop_timeout", "2s"),
+        ])
+        .unwrap();
+        let p = &s.service;
+        assert_eq!(p.restart, Restart::OnFailure);
+        assert_eq!(p.backoff.initial, Duration::from_millis(250));
+        assert_eq!(p.backoff.max, Duration::from_secs(5));
+        assert_eq!(p.backoff.factor, 3);
+        assert_eq!(p.backoff.reset_after, Duration::from_secs(60));
+        assert_eq!(
+            (p.start_limit.burst, p.start_limit.interval),
+            (4, Duration::from_secs(30))
+        );
+        assert_eq!(p.depends_on, ["db", "cache"]);
+        assert_eq!(p.readiness, Readiness::File("/run/ready".into()));
+        assert_eq!(p.start_timeout, Duration::from_secs(20));
+        assert_eq!(s.stop_timeout, Duration::from_secs(2));
+        assert_eq!(
+            spec_with(&[("readiness", "notify")]).unwrap().service.readiness,
+            Readiness::Notify
+        );
+        assert_eq!(
+            spec_with(&[("restart", "never")]).unwrap().service.restart,
+            Restart::Never
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        for (k, v) in [
+            ("restart", "sometimes"),
+            ("restart_factor", "0"),
+            ("restart_factor", "x"),
+            ("start_limit", "10"),
+            ("start_limit", "0/10s"),
+            ("start_limit", "5/soon"),
+            ("readiness", "file:relative"),
+            ("readiness", "eventually"),
+            ("start_timeout", "forever"),
+            ("colour", "blue"),
+        ] {
+            let e = spec_with(&[(k, v)]).unwrap_err();
+            assert!(!e.is_empty(), "{k}={v}");
+        }
     }
 }

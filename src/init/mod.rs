@@ -13,6 +13,8 @@ use std::fs;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,7 +30,9 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::runtime::{Handle, Runtime, Stdio};
-use crate::supervisor::{Action, Event, Exit, Kind, Level, Machine, ShutdownKind, StopSignal, UnitId};
+use crate::supervisor::{
+    Action, Event, Exit, Kind, Level, Machine, Readiness, ShutdownKind, StopSignal, UnitId, UnitState,
+};
 use cmdline::Options;
 use containers::Bundle;
 
@@ -218,6 +222,12 @@ fn open_initctl(path: &Path) -> Option<fs::File> {
 const TOKEN_SIGNAL: u64 = 1;
 const TOKEN_TIMER: u64 = 2;
 const TOKEN_INITCTL: u64 = 3;
+/// Plus the unit id: a service's sd_notify socket.
+const TOKEN_NOTIFY: u64 = 1 << 32;
+/// Host directory of the per-service sd_notify sockets.
+pub const NOTIFY_ROOT: &str = "/run/keel/notify";
+/// How often ready files are looked for while a service waits on one.
+const READY_FILE_POLL: Duration = Duration::from_millis(100);
 
 /// The supervisor, the runtime and the fds that feed them.
 pub struct Driver {
@@ -229,10 +239,15 @@ pub struct Driver {
     epoch: Instant,
     queue: VecDeque<Event>,
     initctl_buf: Vec<u8>,
+    epoll: Epoll,
+    /// sd_notify sockets of the services that use them, kept across restarts.
+    notify: HashMap<UnitId, UnixDatagram>,
+    /// Last STATUS= each service sent.
+    status: HashMap<UnitId, String>,
 }
 
 impl Driver {
-    pub fn new(bundles: Vec<Bundle>, opts: &Options, state_root: &Path) -> Self {
+    pub fn new(bundles: Vec<Bundle>, opts: &Options, state_root: &Path, epoll: Epoll) -> Self {
         let specs = bundles.iter().map(|b| b.spec.clone()).collect();
         let runtime = Runtime::new(state_root, CGROUP_PARENT).map_err(|e| e.to_string());
         if let Err(e) = &runtime {
@@ -247,7 +262,82 @@ impl Driver {
             epoch: Instant::now(),
             queue: VecDeque::new(),
             initctl_buf: Vec::new(),
+            epoll,
+            notify: HashMap::new(),
+            status: HashMap::new(),
         }
+    }
+
+    /// The service's sd_notify socket directory, created (and watched) on first use.
+    fn notify_dir(&mut self, id: UnitId) -> Result<PathBuf, String> {
+        let dir = Path::new(NOTIFY_ROOT).join(&self.bundles[id].id);
+        if self.notify.contains_key(&id) {
+            return Ok(dir);
+        }
+        let path = dir.join("notify.sock");
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            format!("sd_notify socket {}: {what}: {e}", path.display())
+        };
+        fs::create_dir_all(&dir).map_err(|e| fail("cannot create its directory", &e))?;
+        let _ = fs::remove_file(&path);
+        let sock = UnixDatagram::bind(&path).map_err(|e| fail("cannot bind", &e))?;
+        sock.set_nonblocking(true)
+            .map_err(|e| fail("cannot make non-blocking", &e))?;
+        // The service may run as any user: the socket is only visible inside its container.
+        let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o666));
+        self.epoll
+            .add(
+                sock.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_NOTIFY + id as u64),
+            )
+            .map_err(|e| fail("cannot watch", &e))?;
+        self.notify.insert(id, sock);
+        Ok(dir)
+    }
+
+    /// Read what a service sent on its sd_notify socket.
+    fn read_notify(&mut self, id: UnitId) {
+        let mut buf = [0u8; 4096];
+        let mut ready = false;
+        while let Some(sock) = self.notify.get(&id) {
+            let n = match sock.recv(&mut buf) {
+                Ok(n) => n,
+                Err(_) => break,
+            };
+            for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                match line.split_once('=') {
+                    Some(("READY", "1")) => ready = true,
+                    Some(("STATUS", text)) => {
+                        let text: String = text.chars().take(200).collect();
+                        log::debug!("service {}: status {text:?}", self.bundles[id].spec.name);
+                        self.status.insert(id, text);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if ready {
+            self.queue.push_back(Event::Ready(id));
+        }
+    }
+
+    /// Look for the ready files of services waiting on one; true while any still waits.
+    fn poll_ready_files(&mut self) -> bool {
+        let mut waiting = false;
+        for (&id, h) in &self.running {
+            let Readiness::File(path) = &self.bundles[id].spec.service.readiness else {
+                continue;
+            };
+            if !matches!(self.machine.state(id), UnitState::Running { ready: false, .. }) {
+                continue;
+            }
+            if Path::new(&format!("/proc/{}/root{path}", h.pid)).exists() {
+                self.queue.push_back(Event::Ready(id));
+            } else {
+                waiting = true;
+            }
+        }
+        waiting
     }
 
     fn now(&self) -> Duration {
@@ -313,8 +403,20 @@ impl Driver {
         // Output goes to the console; input never comes from it (a container must not
         // compete with a console login for keystrokes).
         let stdin = fs::File::open("/dev/null").ok().map(Into::into);
+        let notify_dir = match b.spec.service.readiness {
+            Readiness::Notify if b.spec.kind == Kind::Service => match self.notify_dir(id) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.queue.push_back(Event::StartFailed(id, e));
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let b = &self.bundles[id];
         let stdio = Stdio {
             stdin,
+            notify_dir,
             ..Stdio::default()
         };
         let result = match &self.runtime {
@@ -437,7 +539,7 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
         }
     }
 
-    let mut driver = Driver::new(bundles, &opts, &PathBuf::from(STATE_ROOT));
+    let mut driver = Driver::new(bundles, &opts, &PathBuf::from(STATE_ROOT), epoll);
     // Children that exited before the loop existed are still zombies: reap them now.
     driver.reap();
     driver.pump(Some(Event::Boot));
@@ -456,7 +558,16 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
                 let _ = tfd.unset();
             }
         }
-        let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+        let timeout = if driver.poll_ready_files() {
+            EpollTimeout::try_from(READY_FILE_POLL).unwrap_or(EpollTimeout::NONE)
+        } else {
+            EpollTimeout::NONE
+        };
+        if !driver.queue.is_empty() {
+            driver.pump(None);
+            continue;
+        }
+        let n = match driver.epoll.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(e) => {
@@ -482,6 +593,7 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
                             driver.read_initctl(f);
                         }
                     }
+                    t if t >= TOKEN_NOTIFY => driver.read_notify((t - TOKEN_NOTIFY) as UnitId),
                     _ => {}
                 }
             }

@@ -69,9 +69,14 @@ pub struct Handle {
     patched_bundle: Option<PathBuf>,
 }
 
-/// Optional stdio for the container; `None` inherits the caller's.
+/// Where in a container the sd_notify socket directory is mounted.
+pub const NOTIFY_MOUNT: &str = "/run/keel-notify";
+
+/// What the caller adds to a container: stdio (`None` inherits the caller's), and a host
+/// directory holding an sd_notify socket, bound at NOTIFY_MOUNT with NOTIFY_SOCKET set.
 #[derive(Default)]
 pub struct Stdio {
+    pub notify_dir: Option<PathBuf>,
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
@@ -258,9 +263,14 @@ impl Runtime {
             source,
         })?;
         // libcontainer needs an absolute cgroup path (a relative one means systemd).
-        let patched_bundle = match spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()) {
-            Some(p) if p.is_absolute() => None,
-            _ => Some(self.patch(id, &bundle, &mut spec)?),
+        let cgroup_ok = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .is_some_and(|p| p.is_absolute());
+        let patched_bundle = match (cgroup_ok, &stdio.notify_dir) {
+            (true, None) => None,
+            (_, notify) => Some(self.patch(id, &bundle, &mut spec, !cgroup_ok, notify.as_deref())?),
         };
         let oom_adj = spec.process().as_ref().and_then(|p| p.oom_score_adj());
         let saved_oom = oom_adj.and_then(|_| fs::read_to_string("/proc/self/oom_score_adj").ok());
@@ -321,7 +331,14 @@ impl Runtime {
     }
 
     /// Write a copy of the config with an absolute rootfs and a cgroup path under ours.
-    fn patch(&self, id: &str, bundle: &Path, spec: &mut Spec) -> Result<PathBuf> {
+    fn patch(
+        &self,
+        id: &str,
+        bundle: &Path,
+        spec: &mut Spec,
+        set_cgroup: bool,
+        notify_dir: Option<&Path>,
+    ) -> Result<PathBuf> {
         let dir = self.patched_root.join(id);
         let io = |what, source| RuntimeError::Io {
             what,
@@ -333,9 +350,33 @@ impl Runtime {
             root.set_path(bundle.join(root.path()));
             spec.set_root(Some(root));
         }
-        let mut linux = spec.linux().clone().unwrap_or_default();
-        linux.set_cgroups_path(Some(PathBuf::from(format!("{}/{id}", self.cgroup_parent))));
-        spec.set_linux(Some(linux));
+        if set_cgroup {
+            let mut linux = spec.linux().clone().unwrap_or_default();
+            linux.set_cgroups_path(Some(PathBuf::from(format!("{}/{id}", self.cgroup_parent))));
+            spec.set_linux(Some(linux));
+        }
+        if let Some(dir) = notify_dir {
+            let mut mounts = spec.mounts().clone().unwrap_or_default();
+            let mut m = oci_spec::runtime::Mount::default();
+            m.set_destination(PathBuf::from(NOTIFY_MOUNT));
+            m.set_typ(Some("bind".into()));
+            m.set_source(Some(dir.to_path_buf()));
+            m.set_options(Some(vec![
+                "bind".into(),
+                "nosuid".into(),
+                "nodev".into(),
+                "noexec".into(),
+            ]));
+            mounts.push(m);
+            spec.set_mounts(Some(mounts));
+            if let Some(mut process) = spec.process().clone() {
+                let mut env = process.env().clone().unwrap_or_default();
+                env.retain(|e| !e.starts_with("NOTIFY_SOCKET="));
+                env.push(format!("NOTIFY_SOCKET={NOTIFY_MOUNT}/notify.sock"));
+                process.set_env(Some(env));
+                spec.set_process(Some(process));
+            }
+        }
         fs::create_dir_all(&dir).map_err(|e| io("cannot create", e))?;
         spec.save(dir.join("config.json"))
             .map_err(|e| io("cannot write config in", io::Error::other(oci_error(e))))?;

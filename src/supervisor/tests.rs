@@ -4,13 +4,15 @@ fn secs(s: u64) -> Time {
     Duration::from_secs(s)
 }
 
+fn ms(n: u64) -> Time {
+    Duration::from_millis(n)
+}
+
 fn unit(name: &str, kind: Kind) -> UnitSpec {
-    UnitSpec {
-        name: name.into(),
-        kind,
-        timeout: secs(60),
-        stop_timeout: secs(10),
-    }
+    let mut u = UnitSpec::new(name, kind);
+    u.timeout = secs(60);
+    u.stop_timeout = secs(10);
+    u
 }
 
 /// onboot a, b; services s1, s2; onshutdown z.
@@ -59,7 +61,13 @@ fn booted(m: &mut Machine) {
     );
     m.handle(secs(2), Event::Started(2));
     m.handle(secs(2), Event::Started(3));
-    assert_eq!(m.state(2), &UnitState::Running { since: secs(2) });
+    assert_eq!(
+        m.state(2),
+        &UnitState::Running {
+            since: secs(2),
+            ready: true
+        }
+    );
 }
 
 #[test]
@@ -243,10 +251,19 @@ fn service_exit_is_reported_and_boot_stays_up() {
     let mut m = machine(OnbootFailure::Continue);
     booted(&mut m);
     let a = m.handle(secs(9), Event::Exited(2, Exit::Code(1)));
-    assert_eq!(logs(&a), vec!["service s1 exited: exit code 1".to_string()]);
+    assert_eq!(
+        logs(&a),
+        ["service s1 exited: exit code 1", "restarting service s1 in 100ms"]
+    );
     assert_eq!(non_log(a), vec![]);
+    assert_eq!(
+        m.state(2),
+        &UnitState::Backoff {
+            until: secs(9) + ms(100)
+        }
+    );
     assert!(!m.shutting_down());
-    // Shutdown now only has s2 to stop.
+    // Shutdown now only has s2 to stop; s1 will not be restarted.
     let a = m.handle(secs(10), Event::Shutdown(ShutdownKind::Poweroff));
     assert_eq!(non_log(a), vec![Action::Signal(3, StopSignal::Term)]);
 }
@@ -282,4 +299,365 @@ fn out_of_range_ids_are_ignored() {
     assert_eq!(m.handle(secs(3), Event::Exited(99, Exit::Code(0))), vec![]);
     assert_eq!(m.handle(secs(3), Event::Started(99)), vec![]);
     assert_eq!(m.handle(secs(3), Event::StartFailed(99, "x".into())), vec![]);
+}
+
+#[test]
+fn services_start_after_the_services_they_depend_on_are_ready() {
+    let mut db = unit("db", Kind::Service);
+    db.service.readiness = Readiness::Notify;
+    let mut web = unit("web", Kind::Service);
+    web.service.depends_on = vec!["db".into()];
+    let cache = unit("cache", Kind::Service);
+    let mut m = Machine::new(vec![web, db, cache], OnbootFailure::Continue);
+    // Independent services start together; web waits for db.
+    assert_eq!(
+        non_log(m.handle(secs(0), Event::Boot)),
+        vec![Action::Start(1), Action::Start(2)]
+    );
+    let a = m.handle(secs(0), Event::Started(1));
+    assert_eq!(logs(&a), ["started service db (waiting for READY=1)"]);
+    assert_eq!(non_log(a), vec![]);
+    assert_eq!(m.state(0), &UnitState::Waiting);
+    let a = m.handle(secs(3), Event::Ready(1));
+    assert_eq!(logs(&a), ["service db is ready"]);
+    assert_eq!(non_log(a), vec![Action::Start(0)]);
+}
+
+#[test]
+fn a_service_not_ready_in_time_is_stopped_and_restarted() {
+    let mut db = unit("db", Kind::Service);
+    db.service.readiness = Readiness::Notify;
+    db.service.start_timeout = secs(20);
+    let mut m = Machine::new(vec![db], OnbootFailure::Continue);
+    m.handle(secs(0), Event::Boot);
+    m.handle(secs(0), Event::Started(0));
+    assert_eq!(m.next_deadline(), Some(secs(20)));
+    let a = m.tick(secs(20));
+    assert!(logs(&a)[0].contains("service db not ready within 20s; stopping it"));
+    assert_eq!(non_log(a), vec![Action::Signal(0, StopSignal::Term)]);
+    m.handle(secs(21), Event::Exited(0, Exit::Code(0)));
+    assert_eq!(
+        m.state(0),
+        &UnitState::Backoff {
+            until: secs(21) + ms(100)
+        }
+    );
+}
+
+#[test]
+fn crash_loop_backs_off_exponentially_then_hits_the_start_limit() {
+    let mut s = unit("crash", Kind::Service);
+    s.service.start_limit = StartLimit {
+        burst: 6,
+        interval: secs(60),
+    };
+    let mut m = Machine::new(vec![s], OnbootFailure::Continue);
+    let mut now = secs(0);
+    let mut delays = Vec::new();
+    let mut a = m.handle(now, Event::Boot);
+    loop {
+        assert_eq!(non_log(a), vec![Action::Start(0)]);
+        m.handle(now, Event::Started(0));
+        now += ms(10);
+        a = m.handle(now, Event::Exited(0, Exit::Code(2)));
+        match m.state(0).clone() {
+            UnitState::Backoff { until } => {
+                delays.push((until - now).as_millis());
+                assert_eq!(m.next_deadline(), Some(until));
+                now = until;
+                a = m.tick(now);
+            }
+            UnitState::Failed { reason, .. } => {
+                assert_eq!(reason, "start limit reached: 6 starts within 1m");
+                assert!(logs(&a)
+                    .iter()
+                    .any(|l| l.contains("service crash failed: start limit reached")));
+                break;
+            }
+            other => panic!("unexpected state {other:?}"),
+        }
+    }
+    assert_eq!(delays, [100, 200, 400, 800, 1600]);
+    assert_eq!(m.info(0).restarts, 5);
+    assert_eq!(m.info(0).last_exit, Some(Exit::Code(2)));
+    assert_eq!(m.next_deadline(), None, "a failed service is left alone");
+}
+
+#[test]
+fn backoff_resets_after_a_long_enough_run() {
+    let mut m = Machine::new(vec![unit("s", Kind::Service)], OnbootFailure::Continue);
+    m.handle(secs(0), Event::Boot);
+    m.handle(secs(0), Event::Started(0));
+    m.handle(secs(1), Event::Exited(0, Exit::Code(1)));
+    m.tick(secs(1) + ms(100));
+    m.handle(secs(1) + ms(100), Event::Started(0));
+    m.handle(secs(2), Event::Exited(0, Exit::Code(1)));
+    assert_eq!(
+        m.state(0),
+        &UnitState::Backoff {
+            until: secs(2) + ms(200)
+        }
+    );
+    m.tick(secs(3));
+    m.handle(secs(3), Event::Started(0));
+    // Up for 10s (the reset threshold): the next delay is the initial one again.
+    m.handle(secs(13), Event::Exited(0, Exit::Code(1)));
+    assert_eq!(
+        m.state(0),
+        &UnitState::Backoff {
+            until: secs(13) + ms(100)
+        }
+    );
+}
+
+#[test]
+fn restart_policies_never_and_on_failure() {
+    let mut never = unit("never", Kind::Service);
+    never.service.restart = Restart::Never;
+    let mut onf = unit("onf", Kind::Service);
+    onf.service.restart = Restart::OnFailure;
+    let mut m = Machine::new(vec![never, onf], OnbootFailure::Continue);
+    m.handle(secs(0), Event::Boot);
+    m.handle(secs(0), Event::Started(0));
+    m.handle(secs(0), Event::Started(1));
+    m.handle(secs(1), Event::Exited(0, Exit::Code(1)));
+    assert_eq!(
+        m.state(0),
+        &UnitState::Exited {
+            exit: Exit::Code(1),
+            timed_out: false
+        }
+    );
+    m.handle(secs(1), Event::Exited(1, Exit::Code(0)));
+    assert_eq!(
+        m.state(1),
+        &UnitState::Exited {
+            exit: Exit::Code(0),
+            timed_out: false
+        }
+    );
+    assert_eq!(m.next_deadline(), None);
+}
+
+#[test]
+fn dependents_of_a_dead_service_say_why_and_wake_when_it_is_started() {
+    let mut db = unit("db", Kind::Service);
+    db.service.restart = Restart::Never;
+    db.service.readiness = Readiness::Notify;
+    let mut web = unit("web", Kind::Service);
+    web.service.depends_on = vec!["db".into()];
+    let mut m = Machine::new(vec![db, web], OnbootFailure::Continue);
+    m.handle(secs(0), Event::Boot);
+    m.handle(secs(0), Event::Started(0));
+    let a = m.handle(secs(1), Event::Exited(0, Exit::Code(1)));
+    assert!(
+        logs(&a)
+            .iter()
+            .any(|l| l == "service web not started: dependency db is failed"),
+        "{a:?}"
+    );
+    assert_eq!(
+        m.state(1),
+        &UnitState::Failed {
+            reason: "dependency db is failed".into(),
+            blocked_by: Some(0)
+        }
+    );
+    let a = m.handle(secs(5), Event::UserStart(0));
+    assert_eq!(non_log(a), vec![Action::Start(0)]);
+    assert_eq!(m.state(1), &UnitState::Waiting);
+    m.handle(secs(5), Event::Started(0));
+    assert_eq!(
+        non_log(m.handle(secs(6), Event::Ready(0))),
+        vec![Action::Start(1)]
+    );
+}
+
+#[test]
+fn unknown_dependencies_and_cycles_fail_with_the_reason() {
+    let mut a = unit("a", Kind::Service);
+    a.service.depends_on = vec!["b".into()];
+    let mut b = unit("b", Kind::Service);
+    b.service.depends_on = vec!["a".into()];
+    let mut c = unit("c", Kind::Service);
+    c.service.depends_on = vec!["nope".into()];
+    let mut d = unit("d", Kind::Service);
+    d.service.depends_on = vec!["c".into()];
+    let ok = unit("ok", Kind::Service);
+    let mut m = Machine::new(vec![a, b, c, d, ok], OnbootFailure::Continue);
+    let acts = m.handle(secs(0), Event::Boot);
+    let l = logs(&acts);
+    assert!(
+        l.contains(&"service a cannot start: dependency cycle: a -> b -> a".to_string()),
+        "{l:?}"
+    );
+    assert!(
+        l.contains(&"service b cannot start: dependency cycle: b -> a -> b".to_string()),
+        "{l:?}"
+    );
+    assert!(
+        l.contains(&"service c cannot start: depends on unknown service nope".to_string()),
+        "{l:?}"
+    );
+    assert!(
+        l.contains(&"service d not started: dependency c is failed".to_string()),
+        "{l:?}"
+    );
+    assert_eq!(non_log(acts), vec![Action::Start(4)]);
+}
+
+#[test]
+fn shutdown_stops_dependents_first_then_what_they_depend_on() {
+    let db = unit("db", Kind::Service);
+    let mut web = unit("web", Kind::Service);
+    web.service.depends_on = vec!["db".into()];
+    let mut lb = unit("lb", Kind::Service);
+    lb.service.depends_on = vec!["web".into()];
+    let other = unit("other", Kind::Service);
+    let mut m = Machine::new(
+        vec![db, web, lb, other, unit("z", Kind::Onshutdown)],
+        OnbootFailure::Continue,
+    );
+    m.handle(secs(0), Event::Boot);
+    m.handle(secs(0), Event::Started(0));
+    m.handle(secs(0), Event::Started(3));
+    m.handle(secs(0), Event::Started(1));
+    m.handle(secs(0), Event::Started(2));
+    let a = m.handle(secs(10), Event::Shutdown(ShutdownKind::Poweroff));
+    // lb and other in parallel; web and db must wait.
+    assert_eq!(
+        non_log(a),
+        vec![
+            Action::Signal(2, StopSignal::Term),
+            Action::Signal(3, StopSignal::Term)
+        ]
+    );
+    assert_eq!(
+        non_log(m.handle(secs(11), Event::Exited(3, Exit::Code(0)))),
+        vec![]
+    );
+    assert_eq!(
+        non_log(m.handle(secs(12), Event::Exited(2, Exit::Code(0)))),
+        vec![Action::Signal(1, StopSignal::Term)]
+    );
+    assert_eq!(
+        non_log(m.handle(secs(13), Event::Exited(1, Exit::Code(0)))),
+        vec![Action::Signal(0, StopSignal::Term)]
+    );
+    assert_eq!(
+        non_log(m.handle(secs(14), Event::Exited(0, Exit::Code(0)))),
+        vec![Action::Start(4)]
+    );
+}
+
+#[test]
+fn the_whole_stop_is_bounded() {
+    let mut slow = unit("slow", Kind::Service);
+    slow.stop_timeout = secs(1000);
+    let mut m = Machine::new(vec![slow], OnbootFailure::Continue);
+    m.handle(secs(0), Event::Boot);
+    m.handle(secs(0), Event::Started(0));
+    m.handle(secs(10), Event::Shutdown(ShutdownKind::Poweroff));
+    assert_eq!(m.next_deadline(), Some(secs(10) + SHUTDOWN_BOUND));
+    let a = m.tick(secs(10) + SHUTDOWN_BOUND);
+    assert!(
+        logs(&a)[0].contains("shutdown bound of 1m30s reached; killing slow"),
+        "{a:?}"
+    );
+    assert_eq!(non_log(a), vec![Action::Signal(0, StopSignal::Kill)]);
+    let a = m.handle(secs(101), Event::Exited(0, Exit::Signal(9)));
+    assert_eq!(non_log(a), vec![Action::Finish(ShutdownKind::Poweroff)]);
+}
+
+#[test]
+fn user_stop_start_and_restart() {
+    let mut m = Machine::new(vec![unit("s", Kind::Service)], OnbootFailure::Continue);
+    m.handle(secs(0), Event::Boot);
+    m.handle(secs(0), Event::Started(0));
+    assert_eq!(
+        non_log(m.handle(secs(1), Event::UserStop(0))),
+        vec![Action::Signal(0, StopSignal::Term)]
+    );
+    m.handle(secs(2), Event::Exited(0, Exit::Signal(15)));
+    assert_eq!(
+        m.state(0),
+        &UnitState::Stopped,
+        "no restart after a requested stop"
+    );
+    assert_eq!(m.next_deadline(), None);
+    assert_eq!(
+        non_log(m.handle(secs(3), Event::UserStart(0))),
+        vec![Action::Start(0)]
+    );
+    m.handle(secs(3), Event::Started(0));
+    assert_eq!(
+        non_log(m.handle(secs(4), Event::UserRestart(0))),
+        vec![Action::Signal(0, StopSignal::Term)]
+    );
+    // Restarted at once, without backoff.
+    assert_eq!(
+        non_log(m.handle(secs(5), Event::Exited(0, Exit::Code(0)))),
+        vec![Action::Start(0)]
+    );
+    assert_eq!(m.info(0).restarts, 1);
+    // Restart of a stopped service starts it.
+    m.handle(secs(5), Event::Started(0));
+    m.handle(secs(6), Event::UserStop(0));
+    m.handle(secs(6), Event::Exited(0, Exit::Code(0)));
+    assert_eq!(
+        non_log(m.handle(secs(7), Event::UserRestart(0))),
+        vec![Action::Start(0)]
+    );
+}
+
+#[test]
+fn a_failed_service_can_be_started_again_by_hand() {
+    let mut s = unit("s", Kind::Service);
+    s.service.start_limit = StartLimit {
+        burst: 1,
+        interval: secs(60),
+    };
+    let mut m = Machine::new(vec![s], OnbootFailure::Continue);
+    m.handle(secs(0), Event::Boot);
+    m.handle(secs(0), Event::StartFailed(0, "no rootfs".into()));
+    assert!(matches!(m.state(0), UnitState::Failed { .. }));
+    assert_eq!(
+        non_log(m.handle(secs(1), Event::UserStart(0))),
+        vec![Action::Start(0)]
+    );
+}
+
+#[test]
+fn a_service_started_during_shutdown_is_stopped_at_once() {
+    let mut m = Machine::new(
+        vec![unit("a", Kind::Service), unit("b", Kind::Service)],
+        OnbootFailure::Continue,
+    );
+    m.handle(secs(0), Event::Boot);
+    m.handle(secs(0), Event::Started(0));
+    // b's Started is still queued when the shutdown arrives.
+    assert_eq!(
+        non_log(m.handle(secs(1), Event::Shutdown(ShutdownKind::Poweroff))),
+        vec![Action::Signal(0, StopSignal::Term)]
+    );
+    assert_eq!(
+        non_log(m.handle(secs(1), Event::Started(1))),
+        vec![Action::Signal(1, StopSignal::Term)]
+    );
+}
+
+#[test]
+fn ctl_commands_are_refused_where_they_make_no_sense() {
+    let mut m = machine(OnbootFailure::Continue);
+    m.handle(secs(0), Event::Boot);
+    let a = m.handle(secs(0), Event::UserStart(2));
+    assert!(
+        logs(&a)[0].contains("refused"),
+        "services do not start before onboot ends"
+    );
+    let a = m.handle(secs(0), Event::UserStop(0));
+    assert!(
+        logs(&a)[0].contains("refused"),
+        "onboot containers are not services"
+    );
 }
