@@ -4,20 +4,17 @@
 pub mod cmdline;
 pub mod containers;
 pub mod dev;
+pub mod driver;
 pub mod mounts;
 pub mod shutdown;
 pub mod system;
 
-use std::collections::{HashMap, VecDeque};
 use std::fs;
-use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixDatagram;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -26,15 +23,10 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 
-use crate::runtime::{Handle, Runtime, Stdio};
-use crate::supervisor::{
-    Action, Event, Exit, Kind, Level, Machine, Readiness, ShutdownKind, StopSignal, UnitId, UnitState,
-};
+use crate::supervisor::{Event, Kind, ShutdownKind, UnitId};
 use cmdline::Options;
-use containers::Bundle;
+use driver::{Driver, READY_FILE_POLL, TOKEN_INITCTL, TOKEN_NOTIFY, TOKEN_SIGNAL, TOKEN_TIMER};
 
 /// Where the image's bundles live.
 pub const CONTAINERS: &str = "/containers";
@@ -215,289 +207,6 @@ fn open_initctl(path: &Path) -> Option<fs::File> {
         Err(e) => {
             log::warn!("cannot open {}: {e}", path.display());
             None
-        }
-    }
-}
-
-const TOKEN_SIGNAL: u64 = 1;
-const TOKEN_TIMER: u64 = 2;
-const TOKEN_INITCTL: u64 = 3;
-/// Plus the unit id: a service's sd_notify socket.
-const TOKEN_NOTIFY: u64 = 1 << 32;
-/// Host directory of the per-service sd_notify sockets.
-pub const NOTIFY_ROOT: &str = "/run/keel/notify";
-/// How often ready files are looked for while a service waits on one.
-const READY_FILE_POLL: Duration = Duration::from_millis(100);
-
-/// The supervisor, the runtime and the fds that feed them.
-pub struct Driver {
-    machine: Machine,
-    bundles: Vec<Bundle>,
-    runtime: Result<Runtime, String>,
-    running: HashMap<UnitId, Handle>,
-    by_pid: HashMap<Pid, UnitId>,
-    epoch: Instant,
-    queue: VecDeque<Event>,
-    initctl_buf: Vec<u8>,
-    epoll: Epoll,
-    /// sd_notify sockets of the services that use them, kept across restarts.
-    notify: HashMap<UnitId, UnixDatagram>,
-    /// Last STATUS= each service sent.
-    status: HashMap<UnitId, String>,
-}
-
-impl Driver {
-    pub fn new(bundles: Vec<Bundle>, opts: &Options, state_root: &Path, epoll: Epoll) -> Self {
-        let specs = bundles.iter().map(|b| b.spec.clone()).collect();
-        let runtime = Runtime::new(state_root, CGROUP_PARENT).map_err(|e| e.to_string());
-        if let Err(e) = &runtime {
-            log::error!("{e}; no container can start");
-        }
-        Driver {
-            machine: Machine::new(specs, opts.onboot_failure),
-            bundles,
-            runtime,
-            running: HashMap::new(),
-            by_pid: HashMap::new(),
-            epoch: Instant::now(),
-            queue: VecDeque::new(),
-            initctl_buf: Vec::new(),
-            epoll,
-            notify: HashMap::new(),
-            status: HashMap::new(),
-        }
-    }
-
-    /// The service's sd_notify socket directory, created (and watched) on first use.
-    fn notify_dir(&mut self, id: UnitId) -> Result<PathBuf, String> {
-        let dir = Path::new(NOTIFY_ROOT).join(&self.bundles[id].id);
-        if self.notify.contains_key(&id) {
-            return Ok(dir);
-        }
-        let path = dir.join("notify.sock");
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            format!("sd_notify socket {}: {what}: {e}", path.display())
-        };
-        fs::create_dir_all(&dir).map_err(|e| fail("cannot create its directory", &e))?;
-        let _ = fs::remove_file(&path);
-        let sock = UnixDatagram::bind(&path).map_err(|e| fail("cannot bind", &e))?;
-        sock.set_nonblocking(true)
-            .map_err(|e| fail("cannot make non-blocking", &e))?;
-        // The service may run as any user: the socket is only visible inside its container.
-        let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o666));
-        self.epoll
-            .add(
-                sock.as_fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_NOTIFY + id as u64),
-            )
-            .map_err(|e| fail("cannot watch", &e))?;
-        self.notify.insert(id, sock);
-        Ok(dir)
-    }
-
-    /// Read what a service sent on its sd_notify socket.
-    fn read_notify(&mut self, id: UnitId) {
-        let mut buf = [0u8; 4096];
-        let mut ready = false;
-        while let Some(sock) = self.notify.get(&id) {
-            let n = match sock.recv(&mut buf) {
-                Ok(n) => n,
-                Err(_) => break,
-            };
-            for line in String::from_utf8_lossy(&buf[..n]).lines() {
-                match line.split_once('=') {
-                    Some(("READY", "1")) => ready = true,
-                    Some(("STATUS", text)) => {
-                        let text: String = text.chars().take(200).collect();
-                        log::debug!("service {}: status {text:?}", self.bundles[id].spec.name);
-                        self.status.insert(id, text);
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if ready {
-            self.queue.push_back(Event::Ready(id));
-        }
-    }
-
-    /// Look for the ready files of services waiting on one; true while any still waits.
-    fn poll_ready_files(&mut self) -> bool {
-        let mut waiting = false;
-        for (&id, h) in &self.running {
-            let Readiness::File(path) = &self.bundles[id].spec.service.readiness else {
-                continue;
-            };
-            if !matches!(self.machine.state(id), UnitState::Running { ready: false, .. }) {
-                continue;
-            }
-            if Path::new(&format!("/proc/{}/root{path}", h.pid)).exists() {
-                self.queue.push_back(Event::Ready(id));
-            } else {
-                waiting = true;
-            }
-        }
-        waiting
-    }
-
-    fn now(&self) -> Duration {
-        self.epoch.elapsed()
-    }
-
-    /// Feed events (and what they cause) through the machine until it settles.
-    fn pump(&mut self, first: Option<Event>) {
-        let now = self.now();
-        let mut actions: VecDeque<Action> = match first {
-            Some(e) => self.machine.handle(now, e).into(),
-            None => self.machine.tick(now).into(),
-        };
-        loop {
-            while let Some(a) = actions.pop_front() {
-                self.execute(a);
-            }
-            match self.queue.pop_front() {
-                Some(e) => actions.extend(self.machine.handle(self.now(), e)),
-                None => break,
-            }
-        }
-    }
-
-    fn execute(&mut self, action: Action) {
-        match action {
-            Action::Start(id) => self.start(id),
-            Action::Signal(id, sig) => {
-                let sig = match sig {
-                    StopSignal::Term => Signal::SIGTERM,
-                    StopSignal::Kill => Signal::SIGKILL,
-                };
-                if let (Some(h), Ok(rt)) = (self.running.get_mut(&id), &self.runtime) {
-                    let r = match sig {
-                        Signal::SIGKILL => rt.kill_all(h),
-                        s => rt.signal(h, s),
-                    };
-                    if let Err(e) = r {
-                        log::warn!("{e}");
-                    }
-                }
-            }
-            Action::Abandon(id) => {
-                if let Some(h) = self.running.remove(&id) {
-                    self.by_pid.remove(&h.pid);
-                }
-            }
-            Action::Log(Level::Info, m) => log::info!("{m}"),
-            Action::Log(Level::Warn, m) => log::warn!("{m}"),
-            Action::Log(Level::Error, m) => log::error!("{m}"),
-            Action::Finish(kind) => {
-                log::info!("all containers stopped; {kind}");
-                shutdown::finish(kind)
-            }
-        }
-    }
-
-    fn start(&mut self, id: UnitId) {
-        let b = &self.bundles[id];
-        if b.spec.kind != Kind::Service {
-            log::info!("running {} {}", b.spec.kind, b.spec.name);
-        }
-        // Output goes to the console; input never comes from it (a container must not
-        // compete with a console login for keystrokes).
-        let stdin = fs::File::open("/dev/null").ok().map(Into::into);
-        let notify_dir = match b.spec.service.readiness {
-            Readiness::Notify if b.spec.kind == Kind::Service => match self.notify_dir(id) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    self.queue.push_back(Event::StartFailed(id, e));
-                    return;
-                }
-            },
-            _ => None,
-        };
-        let b = &self.bundles[id];
-        let stdio = Stdio {
-            stdin,
-            notify_dir,
-            ..Stdio::default()
-        };
-        let result = match &self.runtime {
-            Ok(rt) => rt.run(&b.id, &b.path, stdio).map_err(|e| e.to_string()),
-            Err(e) => Err(e.clone()),
-        };
-        match result {
-            Ok(h) => {
-                log::debug!("{} {}: pid {}", b.spec.kind, b.spec.name, h.pid);
-                self.by_pid.insert(h.pid, id);
-                self.running.insert(id, h);
-                self.queue.push_back(Event::Started(id));
-            }
-            Err(e) => self.queue.push_back(Event::StartFailed(id, e)),
-        }
-    }
-
-    /// Reap every child that has exited: containers are reported, orphans just collected.
-    fn reap(&mut self) {
-        loop {
-            let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig as i32)),
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-                Ok(_) | Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    log::warn!("waitpid: {e}");
-                    return;
-                }
-            };
-            match self.by_pid.remove(&pid) {
-                Some(id) => {
-                    if let (Some(h), Ok(rt)) = (self.running.remove(&id), &self.runtime) {
-                        if let Err(e) = rt.delete(h) {
-                            log::warn!("{e}");
-                        }
-                    }
-                    self.queue.push_back(Event::Exited(id, exit));
-                }
-                None => log::debug!("reaped orphan {pid} ({exit})"),
-            }
-        }
-    }
-
-    fn read_initctl(&mut self, f: &mut fs::File) {
-        let mut buf = [0u8; 256];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => self.initctl_buf.extend_from_slice(&buf[..n]),
-                Err(_) => break,
-            }
-        }
-        while let Some(pos) = self.initctl_buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.initctl_buf.drain(..=pos).collect();
-            let text = String::from_utf8_lossy(&line);
-            match parse_request(&text) {
-                Some(kind) => {
-                    log::info!("{kind} requested through {INITCTL}");
-                    self.queue.push_back(Event::Shutdown(kind));
-                }
-                None => log::warn!(
-                    "{INITCTL}: unknown request {:?} (expected poweroff, reboot or halt)",
-                    text.trim()
-                ),
-            }
-        }
-        if self.initctl_buf.len() > 256 {
-            log::warn!("{INITCTL}: request longer than 256 bytes dropped");
-            self.initctl_buf.clear();
-        }
-    }
-
-    fn on_signal(&mut self, sig: i32) {
-        if sig == Signal::SIGCHLD as i32 {
-            self.reap();
-        } else if let Some(kind) = shutdown_for_signal(sig) {
-            log::info!("{kind} requested by {}", crate::supervisor::signal_name(sig));
-            self.queue.push_back(Event::Shutdown(kind));
-        } else {
-            log::debug!("ignoring {}", crate::supervisor::signal_name(sig));
         }
     }
 }

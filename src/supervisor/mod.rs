@@ -430,19 +430,15 @@ impl Machine {
     pub fn handle(&mut self, now: Time, event: Event) -> Vec<Action> {
         let valid = |id: UnitId| id < self.units.len();
         match event {
-            Event::Boot => {
-                if self.phase == Phase::NotBooted {
-                    self.report_broken();
-                    self.next_onboot(now, None);
-                }
+            Event::Boot if self.phase == Phase::NotBooted => {
+                self.report_broken();
+                self.next_onboot(now, None);
             }
             Event::Started(id) if valid(id) => self.started(now, id),
-            Event::StartFailed(id, why) if valid(id) => {
-                if self.units[id].state == UnitState::Starting {
-                    let m = format!("{} failed to start: {why}", self.label(id));
-                    self.log(Level::Error, m);
-                    self.ended(now, id, None, Some(why));
-                }
+            Event::StartFailed(id, why) if valid(id) && self.units[id].state == UnitState::Starting => {
+                let m = format!("{} failed to start: {why}", self.label(id));
+                self.log(Level::Error, m);
+                self.ended(now, id, None, Some(why));
             }
             Event::Ready(id) if valid(id) => {
                 if let UnitState::Running { since, ready: false } = self.units[id].state {
@@ -556,10 +552,8 @@ impl Machine {
                     self.out.push(Action::Abandon(id));
                     self.unit_done(now, id);
                 }
-                UnitState::Backoff { .. } => {
-                    if self.phase == Phase::Up {
-                        self.units[id].state = UnitState::Waiting;
-                    }
+                UnitState::Backoff { .. } if self.phase == Phase::Up => {
+                    self.units[id].state = UnitState::Waiting;
                 }
                 _ => {}
             }
