@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 
 use super::cmdline::Options;
 use super::containers::Bundle;
+use super::output::{Console, Outputs};
 use super::{parse_request, shutdown, shutdown_for_signal, CGROUP_PARENT, INITCTL};
 use crate::runtime::{Handle, Runtime, Stdio};
 use crate::supervisor::{
@@ -49,11 +50,29 @@ pub struct Driver {
     notify: HashMap<UnitId, UnixDatagram>,
     /// Last STATUS= each service sent.
     status: HashMap<UnitId, String>,
+    outputs: Outputs,
 }
 
 impl Driver {
-    pub fn new(bundles: Vec<Bundle>, opts: &Options, state_root: &Path, epoll: Epoll) -> Self {
+    pub fn new(
+        bundles: Vec<Bundle>,
+        opts: &Options,
+        state_root: &Path,
+        log_dir: &Path,
+        console: Option<Console>,
+        epoll: Epoll,
+    ) -> Self {
         let specs = bundles.iter().map(|b| b.spec.clone()).collect();
+        let names = bundles
+            .iter()
+            .map(|b| {
+                let stem = match b.spec.kind {
+                    Kind::Service => b.spec.name.clone(),
+                    k => format!("{k}-{}", b.spec.name),
+                };
+                (b.spec.name.clone(), stem)
+            })
+            .collect();
         let runtime = Runtime::new(state_root, CGROUP_PARENT).map_err(|e| e.to_string());
         if let Err(e) = &runtime {
             log::error!("{e}; no container can start");
@@ -70,6 +89,14 @@ impl Driver {
             epoll,
             notify: HashMap::new(),
             status: HashMap::new(),
+            outputs: Outputs::new(names, log_dir, console),
+        }
+    }
+
+    pub(super) fn read_output(&mut self, token: u64) {
+        if let Some((id, stream)) = Outputs::token(token) {
+            let now = self.now();
+            self.outputs.read(id, stream, &self.epoll, now);
         }
     }
 
@@ -189,6 +216,8 @@ impl Driver {
                 if let Some(h) = self.running.remove(&id) {
                     self.by_pid.remove(&h.pid);
                 }
+                let now = self.now();
+                self.outputs.close(id, &self.epoll, now);
             }
             Action::Log(Level::Info, m) => log::info!("{m}"),
             Action::Log(Level::Warn, m) => log::warn!("{m}"),
@@ -218,16 +247,33 @@ impl Driver {
             },
             _ => None,
         };
+        let now = self.now();
+        let (stdout, stderr) = match self.outputs.open(id, &self.epoll, now) {
+            Ok((o, e)) => (Some(o), Some(e)),
+            Err(e) => {
+                log::warn!(
+                    "{} {}: {e}; its output goes nowhere",
+                    self.bundles[id].spec.kind,
+                    self.bundles[id].spec.name
+                );
+                (None, None)
+            }
+        };
         let b = &self.bundles[id];
         let stdio = Stdio {
             stdin,
+            stdout,
+            stderr,
             notify_dir,
-            ..Stdio::default()
         };
         let result = match &self.runtime {
             Ok(rt) => rt.run(&b.id, &b.path, stdio).map_err(|e| e.to_string()),
             Err(e) => Err(e.clone()),
         };
+        if result.is_err() {
+            self.outputs.close(id, &self.epoll, now);
+        }
+        let b = &self.bundles[id];
         match result {
             Ok(h) => {
                 log::debug!("{} {}: pid {}", b.spec.kind, b.spec.name, h.pid);
@@ -259,6 +305,8 @@ impl Driver {
                             log::warn!("{e}");
                         }
                     }
+                    let now = self.now();
+                    self.outputs.close(id, &self.epoll, now);
                     self.queue.push_back(Event::Exited(id, exit));
                 }
                 None => log::debug!("reaped orphan {pid} ({exit})"),

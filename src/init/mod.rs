@@ -6,6 +6,7 @@ pub mod containers;
 pub mod dev;
 pub mod driver;
 pub mod mounts;
+pub mod output;
 pub mod shutdown;
 pub mod system;
 
@@ -34,6 +35,8 @@ pub const CONTAINERS: &str = "/containers";
 pub const INITCTL: &str = "/run/keel/initctl";
 pub const STATE_ROOT: &str = "/run/keel/containers";
 pub const CGROUP_PARENT: &str = "keel";
+/// Per-unit log files: `<name>.log` for services, `onboot-<name>.log`, `onshutdown-<name>.log`.
+pub const LOG_DIR: &str = "/var/log";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -248,7 +251,23 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
         }
     }
 
-    let mut driver = Driver::new(bundles, &opts, &PathBuf::from(STATE_ROOT), epoll);
+    let console = match () {
+        _ if opts.quiet => None,
+        _ if shutdown::DEV_MODE.load(std::sync::atomic::Ordering::Relaxed) => output::Console::stderr(),
+        _ => output::Console::open(),
+    };
+    let log_dir = Path::new(LOG_DIR);
+    if let Err(e) = fs::create_dir_all(log_dir) {
+        log::warn!("cannot create {LOG_DIR}: {e}; container output is kept in memory only");
+    }
+    let mut driver = Driver::new(
+        bundles,
+        &opts,
+        &PathBuf::from(STATE_ROOT),
+        log_dir,
+        console,
+        epoll,
+    );
     // Children that exited before the loop existed are still zombies: reap them now.
     driver.reap();
     driver.pump(Some(Event::Boot));
@@ -302,6 +321,7 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
                             driver.read_initctl(f);
                         }
                     }
+                    t if t >= output::TOKEN_LOG => driver.read_output(t),
                     t if t >= TOKEN_NOTIFY => driver.read_notify((t - TOKEN_NOTIFY) as UnitId),
                     _ => {}
                 }
