@@ -18,8 +18,11 @@ const USAGE: &str = "usage:
   keel init --root DIR [--cmdline OPTIONS]
       development mode: run the unpacked image in DIR with keel as PID 1 of new
       namespaces on this host; OPTIONS are the kernel options keel would read
+  keel ctl list | status NAME | start NAME | stop NAME | restart NAME
+           | logs NAME [-f] [-n N] | boot | poweroff | reboot | halt   [--json]
+      talk to PID 1 through its control socket
   keel poweroff | reboot | halt
-      ask PID 1 to shut the machine down
+      ask PID 1 to shut the machine down (through /run/keel/initctl or a signal)
   keel notify [--ready] [--status TEXT] [VAR=VALUE...]
       tell keel about this service through $NOTIFY_SOCKET (the sd_notify protocol)
   keel version";
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     }
     match cmd {
         Some("notify") => notify(&args[1..]),
+        Some("ctl") => keel::ctl::run(&args[1..]),
         Some("run") => run(&args[1..]),
         Some("init") => dev_init(&args[1..]),
         Some(req @ ("poweroff" | "reboot" | "halt")) => request(req),

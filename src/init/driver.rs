@@ -8,6 +8,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -18,11 +19,13 @@ use nix::unistd::Pid;
 
 use super::cmdline::Options;
 use super::containers::Bundle;
+use super::control::Answer;
 use super::output::{Console, Outputs};
 use super::{parse_request, shutdown, shutdown_for_signal, CGROUP_PARENT, INITCTL};
+use crate::ctl::{BootEvent, Data, LogLine, Request, Response, ServiceInfo};
 use crate::runtime::{Handle, Runtime, Stdio};
 use crate::supervisor::{
-    Action, Event, Exit, Kind, Level, Machine, Readiness, StopSignal, UnitId, UnitState,
+    Action, Event, Exit, Kind, Level, Machine, Readiness, ShutdownKind, StopSignal, UnitId, UnitState,
 };
 
 pub const TOKEN_SIGNAL: u64 = 1;
@@ -43,14 +46,17 @@ pub struct Driver {
     running: HashMap<UnitId, Handle>,
     by_pid: HashMap<Pid, UnitId>,
     epoch: Instant,
+    epoch_uptime: Duration,
     pub(super) queue: VecDeque<Event>,
     initctl_buf: Vec<u8>,
-    pub(super) epoll: Epoll,
+    pub(super) epoll: Rc<Epoll>,
     /// sd_notify sockets of the services that use them, kept across restarts.
     notify: HashMap<UnitId, UnixDatagram>,
     /// Last STATUS= each service sent.
     status: HashMap<UnitId, String>,
     outputs: Outputs,
+    /// First run of each unit: start, end (ready or exit), result; for `keel ctl boot`.
+    timeline: Vec<Option<(Duration, Option<Duration>, String)>>,
 }
 
 impl Driver {
@@ -60,7 +66,7 @@ impl Driver {
         state_root: &Path,
         log_dir: &Path,
         console: Option<Console>,
-        epoll: Epoll,
+        epoll: Rc<Epoll>,
     ) -> Self {
         let specs = bundles.iter().map(|b| b.spec.clone()).collect();
         let names = bundles
@@ -84,12 +90,14 @@ impl Driver {
             running: HashMap::new(),
             by_pid: HashMap::new(),
             epoch: Instant::now(),
+            epoch_uptime: Duration::from_secs_f64(crate::logging::uptime()),
             queue: VecDeque::new(),
             initctl_buf: Vec::new(),
             epoll,
             notify: HashMap::new(),
             status: HashMap::new(),
             outputs: Outputs::new(names, log_dir, console),
+            timeline: Vec::new(),
         }
     }
 
@@ -172,15 +180,19 @@ impl Driver {
         waiting
     }
 
+    /// Time since boot: the clock of the console log, the log files and `keel ctl`.
     pub(super) fn now(&self) -> Duration {
-        self.epoch.elapsed()
+        self.epoch_uptime + self.epoch.elapsed()
     }
 
     /// Feed events (and what they cause) through the machine until it settles.
     pub(super) fn pump(&mut self, first: Option<Event>) {
         let now = self.now();
         let mut actions: VecDeque<Action> = match first {
-            Some(e) => self.machine.handle(now, e).into(),
+            Some(e) => {
+                self.observe(&e);
+                self.machine.handle(now, e).into()
+            }
             None => self.machine.tick(now).into(),
         };
         loop {
@@ -188,7 +200,10 @@ impl Driver {
                 self.execute(a);
             }
             match self.queue.pop_front() {
-                Some(e) => actions.extend(self.machine.handle(self.now(), e)),
+                Some(e) => {
+                    self.observe(&e);
+                    actions.extend(self.machine.handle(self.now(), e))
+                }
                 None => break,
             }
         }
@@ -352,5 +367,202 @@ impl Driver {
         } else {
             log::debug!("ignoring {}", crate::supervisor::signal_name(sig));
         }
+    }
+}
+
+/// What `keel ctl` asks of the driver.
+impl Driver {
+    /// Keep the first run of every unit for the boot timeline.
+    fn observe(&mut self, e: &Event) {
+        let now = self.now();
+        if self.timeline.len() < self.bundles.len() {
+            self.timeline.resize(self.bundles.len(), None);
+        }
+        let (id, end, result) = match e {
+            Event::Started(id) => {
+                if self.timeline[*id].is_none() {
+                    self.timeline[*id] = Some((now, None, "running".into()));
+                }
+                let ready = self.bundles[*id].spec.kind == Kind::Service
+                    && self.bundles[*id].spec.service.readiness == Readiness::Started;
+                if !ready {
+                    return;
+                }
+                (*id, now, "ready".to_string())
+            }
+            Event::Ready(id) => (*id, now, "ready".into()),
+            Event::Exited(id, exit) => (*id, now, exit.to_string()),
+            Event::StartFailed(id, why) => {
+                if self.timeline[*id].is_none() {
+                    self.timeline[*id] = Some((now, None, String::new()));
+                }
+                (*id, now, format!("failed to start: {why}"))
+            }
+            _ => return,
+        };
+        if let Some(Some((_, slot @ None, r))) = self.timeline.get_mut(id) {
+            *slot = Some(end);
+            *r = result;
+        }
+    }
+
+    fn unit_by_name(&self, name: &str) -> Option<UnitId> {
+        self.machine
+            .find(name)
+            .or_else(|| self.bundles.iter().position(|b| b.spec.name == name))
+    }
+
+    fn cgroup_value(&self, id: UnitId, file: &str) -> Option<u64> {
+        let cg = self.running.get(&id)?.cgroup.as_ref()?;
+        let path = Path::new("/sys/fs/cgroup")
+            .join(cg.strip_prefix("/").unwrap_or(cg))
+            .join(file);
+        fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
+    fn service_info(&self, id: UnitId) -> ServiceInfo {
+        let now = self.now();
+        let info = self.machine.info(id);
+        let spec = info.spec;
+        let reason = match info.state {
+            UnitState::Failed { reason, .. } => Some(reason.clone()),
+            UnitState::Waiting if !spec.service.depends_on.is_empty() => {
+                Some(format!("waiting for {}", spec.service.depends_on.join(", ")))
+            }
+            UnitState::Backoff { until } => Some(format!(
+                "restarting in {}",
+                crate::duration::human(until.saturating_sub(now))
+            )),
+            _ => None,
+        };
+        let (uptime_ms, ready) = match info.state {
+            UnitState::Running { since, ready } => {
+                (Some(now.saturating_sub(*since).as_millis() as u64), *ready)
+            }
+            _ => (None, false),
+        };
+        ServiceInfo {
+            name: spec.name.clone(),
+            kind: spec.kind.to_string(),
+            state: info.state.word().into(),
+            pid: self.running.get(&id).map(|h| h.pid.as_raw()),
+            uptime_ms,
+            restarts: info.restarts,
+            last_exit: info.last_exit.map(|e| e.to_string()),
+            ready,
+            health: None,
+            status: self.status.get(&id).cloned(),
+            reason,
+            memory_bytes: self.cgroup_value(id, "memory.current"),
+            pids: self.cgroup_value(id, "pids.current"),
+        }
+    }
+
+    fn boot_timeline(&self) -> Vec<BootEvent> {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let started = Duration::from_millis(super::STARTED_MS.load(std::sync::atomic::Ordering::Relaxed));
+        let mut out = vec![
+            BootEvent {
+                name: "kernel".into(),
+                kind: "phase".into(),
+                start_ms: 0,
+                duration_ms: Some(ms(started)),
+                result: "started keel".into(),
+            },
+            BootEvent {
+                name: "base system".into(),
+                kind: "phase".into(),
+                start_ms: ms(started),
+                duration_ms: Some(ms(self.epoch_uptime.saturating_sub(started))),
+                result: "mounted, set up".into(),
+            },
+        ];
+        for (id, t) in self.timeline.iter().enumerate() {
+            if let Some((start, end, result)) = t {
+                out.push(BootEvent {
+                    name: self.bundles[id].spec.name.clone(),
+                    kind: self.bundles[id].spec.kind.to_string(),
+                    start_ms: ms(*start),
+                    duration_ms: end.map(|e| ms(e.saturating_sub(*start))),
+                    result: result.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// The unit's log lines after `seq`, and the new last sequence number.
+    pub(super) fn log_lines(&self, id: UnitId, after: u64) -> (Vec<LogLine>, u64) {
+        let Some(ring) = self.outputs.ring(id) else {
+            return (Vec::new(), after);
+        };
+        let (_, entries) = ring.since(after);
+        let lines: Vec<LogLine> = entries.map(log_line).collect();
+        (lines, ring.last_seq())
+    }
+
+    pub(super) fn answer(&mut self, req: Request) -> Answer {
+        let reply = |d: Data| Answer::Reply(Response::Ok(d));
+        let no_such =
+            |what: &str, name: &str| Answer::Reply(Response::Err(format!("no such {what}: {name}")));
+        match req {
+            Request::List => reply(Data::Services(
+                (0..self.bundles.len()).map(|id| self.service_info(id)).collect(),
+            )),
+            Request::Status { name } => match self.unit_by_name(&name) {
+                Some(id) => reply(Data::Service(self.service_info(id))),
+                None => no_such("unit", &name),
+            },
+            Request::Start { name } | Request::Stop { name } | Request::Restart { name }
+                if self.machine.find(&name).is_none() =>
+            {
+                no_such("service", &name)
+            }
+            Request::Start { name } => self.user(Event::UserStart, &name, "starting"),
+            Request::Stop { name } => self.user(Event::UserStop, &name, "stopping"),
+            Request::Restart { name } => self.user(Event::UserRestart, &name, "restarting"),
+            Request::Logs { name, follow, lines } => {
+                let Some(id) = self.unit_by_name(&name) else {
+                    return no_such("unit", &name);
+                };
+                let Some(ring) = self.outputs.ring(id) else {
+                    return no_such("unit", &name);
+                };
+                let n = lines.unwrap_or(100) as usize;
+                let backlog: Vec<LogLine> = ring.last(n).map(log_line).collect();
+                let resp = Response::Ok(Data::Logs(backlog));
+                if follow {
+                    Answer::Follow(resp, id, ring.last_seq())
+                } else {
+                    Answer::Reply(resp)
+                }
+            }
+            Request::Boot => reply(Data::Boot(self.boot_timeline())),
+            Request::Poweroff => self.request_shutdown(ShutdownKind::Poweroff),
+            Request::Reboot => self.request_shutdown(ShutdownKind::Reboot),
+            Request::Halt => self.request_shutdown(ShutdownKind::Halt),
+        }
+    }
+
+    fn user(&mut self, ev: fn(UnitId) -> Event, name: &str, verb: &str) -> Answer {
+        if let Some(id) = self.machine.find(name) {
+            self.queue.push_back(ev(id));
+        }
+        Answer::Reply(Response::Ok(Data::Done(format!("{verb} {name}"))))
+    }
+
+    fn request_shutdown(&mut self, kind: ShutdownKind) -> Answer {
+        log::info!("{kind} requested through {}", crate::ctl::SOCKET);
+        self.queue.push_back(Event::Shutdown(kind));
+        Answer::Reply(Response::Ok(Data::Done(format!("{kind} requested"))))
+    }
+}
+
+fn log_line(e: &crate::logging::capture::Entry) -> LogLine {
+    LogLine {
+        seq: e.seq,
+        ts_ms: e.ts.as_millis() as u64,
+        stream: e.stream.tag().into(),
+        text: e.text.clone(),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod cmdline;
 pub mod containers;
+pub mod control;
 pub mod dev;
 pub mod driver;
 pub mod mounts;
@@ -15,6 +16,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -37,6 +39,9 @@ pub const STATE_ROOT: &str = "/run/keel/containers";
 pub const CGROUP_PARENT: &str = "keel";
 /// Per-unit log files: `<name>.log` for services, `onboot-<name>.log`, `onshutdown-<name>.log`.
 pub const LOG_DIR: &str = "/var/log";
+
+/// Milliseconds since boot at which PID 1 started, for the boot timeline.
+pub static STARTED_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -96,6 +101,10 @@ pub fn pid1(dev_cmdline: Option<String>) -> ! {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled_signals()), None);
     std::panic::set_hook(Box::new(|info| log::error!("internal error: {info}")));
     log::info!("keel {} starting as PID 1", env!("CARGO_PKG_VERSION"));
+    STARTED_MS.store(
+        (crate::logging::uptime() * 1000.0) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if dev_cmdline.is_some() {
         shutdown::DEV_MODE.store(true, std::sync::atomic::Ordering::Relaxed);
     }
@@ -237,7 +246,7 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
         TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
     )
     .map_err(ev("timerfd"))?;
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(ev("epoll"))?;
+    let epoll = Rc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(ev("epoll"))?);
     epoll
         .add(sfd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL))
         .map_err(ev("epoll add signalfd"))?;
@@ -266,15 +275,28 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
         &PathBuf::from(STATE_ROOT),
         log_dir,
         console,
-        epoll,
+        epoll.clone(),
     );
+    let mut control = match control::Control::open(Path::new(crate::ctl::SOCKET), &epoll) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::warn!("{e}; keel ctl will not work");
+            None
+        }
+    };
     // Children that exited before the loop existed are still zombies: reap them now.
     driver.reap();
     driver.pump(Some(Event::Boot));
 
     let mut events = [EpollEvent::empty(); 8];
     loop {
-        match driver.machine.next_deadline() {
+        let now = driver.now();
+        let ctl_due = control.as_mut().and_then(|c| c.expire(&epoll, now));
+        match [driver.machine.next_deadline(), ctl_due]
+            .into_iter()
+            .flatten()
+            .min()
+        {
             Some(d) => {
                 let wait = d.saturating_sub(driver.now()).max(Duration::from_millis(1));
                 let _ = tfd.set(
@@ -321,6 +343,19 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
                             driver.read_initctl(f);
                         }
                     }
+                    control::TOKEN_LISTEN => {
+                        if let Some(c) = control.as_mut() {
+                            c.accept(&epoll);
+                        }
+                    }
+                    t if t >= control::TOKEN_CLIENT => {
+                        if let Some(c) = control.as_mut() {
+                            let now = driver.now();
+                            c.service(&epoll, (t - control::TOKEN_CLIENT) as usize, now, &mut |r| {
+                                driver.answer(r)
+                            });
+                        }
+                    }
                     t if t >= output::TOKEN_LOG => driver.read_output(t),
                     t if t >= TOKEN_NOTIFY => driver.read_notify((t - TOKEN_NOTIFY) as UnitId),
                     _ => {}
@@ -328,6 +363,9 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
             }
             let first = driver.queue.pop_front();
             driver.pump(first);
+            if let Some(c) = control.as_mut() {
+                c.feed_followers(&epoll, &|unit, after| driver.log_lines(unit, after));
+            }
         }));
         if step.is_err() {
             log::error!("internal error in the event loop; carrying on");

@@ -65,6 +65,8 @@ pub struct Runtime {
 pub struct Handle {
     pub id: String,
     pub pid: Pid,
+    /// The container's cgroup, relative to the cgroup root (e.g. `/keel/services.web`).
+    pub cgroup: Option<PathBuf>,
     container: Container,
     patched_bundle: Option<PathBuf>,
 }
@@ -272,6 +274,7 @@ impl Runtime {
             (true, None) => None,
             (_, notify) => Some(self.patch(id, &bundle, &mut spec, !cgroup_ok, notify.as_deref())?),
         };
+        let cgroup = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
         let oom_adj = spec.process().as_ref().and_then(|p| p.oom_score_adj());
         let saved_oom = oom_adj.and_then(|_| fs::read_to_string("/proc/self/oom_score_adj").ok());
 
@@ -311,6 +314,7 @@ impl Runtime {
                 let h = Handle {
                     id: id.into(),
                     pid: Pid::from_raw(0),
+                    cgroup: None,
                     container,
                     patched_bundle,
                 };
@@ -325,6 +329,7 @@ impl Runtime {
         Ok(Handle {
             id: id.into(),
             pid,
+            cgroup,
             container,
             patched_bundle,
         })
