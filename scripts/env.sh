@@ -5,6 +5,7 @@ top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KEEL_KERNEL=$("$top/scripts/build-kernel.sh" | tail -n1)
 KEEL_STOCK_KERNEL=$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -n1)
 echo "env: building the static keel binary" >&2
-(cd "$top" && cargo build --release --target x86_64-unknown-linux-musl --quiet)
+# No cgroup v1 support on the device: as PID 1 keel mounts pure cgroup v2.
+(cd "$top" && cargo build --release --target x86_64-unknown-linux-musl --no-default-features --quiet)
 KEEL_BIN="$top/target/x86_64-unknown-linux-musl/release/keel"
 export KEEL_KERNEL KEEL_STOCK_KERNEL KEEL_BIN

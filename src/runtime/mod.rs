@@ -258,7 +258,7 @@ impl Runtime {
                 msg: "a container with this id already exists".into(),
             });
         }
-        let mut spec = load_spec(bundle)?;
+        let spec = load_spec(bundle)?;
         let bundle = fs::canonicalize(bundle).map_err(|source| RuntimeError::Io {
             what: "cannot resolve bundle",
             path: bundle.into(),
@@ -272,9 +272,12 @@ impl Runtime {
             .is_some_and(|p| p.is_absolute());
         let patched_bundle = match (cgroup_ok, &stdio.notify_dir) {
             (true, None) => None,
-            (_, notify) => Some(self.patch(id, &bundle, &mut spec, !cgroup_ok, notify.as_deref())?),
+            (_, notify) => Some(self.patch(id, &bundle, !cgroup_ok, notify.as_deref())?),
         };
-        let cgroup = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        let cgroup = match cgroup_ok {
+            true => spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()),
+            false => Some(self.default_cgroup(id)),
+        };
         let oom_adj = spec.process().as_ref().and_then(|p| p.oom_score_adj());
         let saved_oom = oom_adj.and_then(|_| fs::read_to_string("/proc/self/oom_score_adj").ok());
 
@@ -336,55 +339,63 @@ impl Runtime {
     }
 
     /// Write a copy of the config with an absolute rootfs and a cgroup path under ours.
-    fn patch(
-        &self,
-        id: &str,
-        bundle: &Path,
-        spec: &mut Spec,
-        set_cgroup: bool,
-        notify_dir: Option<&Path>,
-    ) -> Result<PathBuf> {
+    /// The cgroup a container gets when its config names none (or a relative one).
+    fn default_cgroup(&self, id: &str) -> PathBuf {
+        PathBuf::from(format!("{}/{id}", self.cgroup_parent))
+    }
+
+    /// Write a copy of the config with an absolute rootfs, and a cgroup path under ours
+    /// and/or the sd_notify mount. Edited as plain JSON: linking a serializer for the whole
+    /// OCI spec would cost the device binary tens of kilobytes.
+    fn patch(&self, id: &str, bundle: &Path, set_cgroup: bool, notify_dir: Option<&Path>) -> Result<PathBuf> {
+        use serde_json::{json, Value};
         let dir = self.patched_root.join(id);
         let io = |what, source| RuntimeError::Io {
             what,
             path: dir.clone(),
             source,
         };
-        if let Some(root) = spec.root().clone() {
-            let mut root = root;
-            root.set_path(bundle.join(root.path()));
-            spec.set_root(Some(root));
+        let config = bundle.join("config.json");
+        let text = fs::read(&config).map_err(|source| RuntimeError::Io {
+            what: "cannot read",
+            path: config.clone(),
+            source,
+        })?;
+        let mut v: Value = serde_json::from_slice(&text).map_err(|e| RuntimeError::Config {
+            path: config.clone(),
+            msg: e.to_string(),
+        })?;
+        if let Some(root) = v.pointer_mut("/root/path") {
+            let abs = bundle.join(root.as_str().unwrap_or("rootfs"));
+            *root = json!(abs);
         }
         if set_cgroup {
-            let mut linux = spec.linux().clone().unwrap_or_default();
-            linux.set_cgroups_path(Some(PathBuf::from(format!("{}/{id}", self.cgroup_parent))));
-            spec.set_linux(Some(linux));
+            if !v["linux"].is_object() {
+                v["linux"] = json!({});
+            }
+            v["linux"]["cgroupsPath"] = json!(self.default_cgroup(id));
         }
-        if let Some(dir) = notify_dir {
-            let mut mounts = spec.mounts().clone().unwrap_or_default();
-            let mut m = oci_spec::runtime::Mount::default();
-            m.set_destination(PathBuf::from(NOTIFY_MOUNT));
-            m.set_typ(Some("bind".into()));
-            m.set_source(Some(dir.to_path_buf()));
-            m.set_options(Some(vec![
-                "bind".into(),
-                "nosuid".into(),
-                "nodev".into(),
-                "noexec".into(),
-            ]));
-            mounts.push(m);
-            spec.set_mounts(Some(mounts));
-            if let Some(mut process) = spec.process().clone() {
-                let mut env = process.env().clone().unwrap_or_default();
-                env.retain(|e| !e.starts_with("NOTIFY_SOCKET="));
-                env.push(format!("NOTIFY_SOCKET={NOTIFY_MOUNT}/notify.sock"));
-                process.set_env(Some(env));
-                spec.set_process(Some(process));
+        if let Some(ndir) = notify_dir {
+            let mount = json!({
+                "destination": NOTIFY_MOUNT, "type": "bind", "source": ndir,
+                "options": ["bind", "nosuid", "nodev", "noexec"],
+            });
+            match v["mounts"].as_array_mut() {
+                Some(m) => m.push(mount),
+                None => v["mounts"] = json!([mount]),
+            }
+            let env = format!("NOTIFY_SOCKET={NOTIFY_MOUNT}/notify.sock");
+            match v["process"]["env"].as_array_mut() {
+                Some(e) => {
+                    e.retain(|x| !x.as_str().is_some_and(|x| x.starts_with("NOTIFY_SOCKET=")));
+                    e.push(json!(env));
+                }
+                None => v["process"]["env"] = json!([env]),
             }
         }
         fs::create_dir_all(&dir).map_err(|e| io("cannot create", e))?;
-        spec.save(dir.join("config.json"))
-            .map_err(|e| io("cannot write config in", io::Error::other(oci_error(e))))?;
+        let out = serde_json::to_vec(&v).map_err(|e| io("cannot encode config for", io::Error::other(e)))?;
+        fs::write(dir.join("config.json"), out).map_err(|e| io("cannot write config in", e))?;
         Ok(dir)
     }
 
