@@ -354,3 +354,80 @@ fn services_are_supervised_restarted_and_ordered() {
     let restarts = b.console.matches("keel: started service crash").count();
     assert_eq!(restarts, 4, "crash must start exactly 4 times\n{}", b.console);
 }
+
+/// `watcher: KEY VALUE` from the logs image, as a number.
+fn watcher_value(console: &str, key: &str) -> Option<u64> {
+    let prefix = format!("watcher | watcher: {key} ");
+    console
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+#[test]
+fn output_is_captured_rotated_and_bounded_and_oom_kills_are_recorded() {
+    require_root();
+    let initrd = build_image("tests/images/logs");
+    let mut b = boot(
+        &env_path("KEEL_KERNEL", "run scripts/build-kernel.sh"),
+        &initrd,
+        "",
+    );
+    b.console = b.console.replace('\0', "");
+    assert_in_order(
+        &b,
+        "memory hog",
+        &[
+            "hog | hog: eating memory",
+            "Memory cgroup out of memory: Killed process",
+            "keel: warning: service hog was killed by the out-of-memory killer (its memory limit)",
+            "keel: warning: service hog exited: signal SIGKILL",
+            "watcher | watcher: hog last exit: signal SIGKILL (out of memory)",
+            "keel: poweroff now",
+        ],
+        NEVER,
+    );
+    assert_in_order(
+        &b,
+        "log flood",
+        &[
+            "watcher | watcher: rss-before",
+            "watcher | watcher: rss-after",
+            "watcher | watcher: file chatty.log ",
+            "watcher | watcher: file chatty.log.1 ",
+            "watcher | watcher: file chatty.log.2 ",
+            "watcher | [",
+            "out chatty: done",
+            "reboot: Power down",
+        ],
+        &[NEVER, &["chatty.log.3", "chatty | chatty"]].concat(),
+    );
+    let fail = |why: String| -> ! { panic!("{why}\n----- console -----\n{}", b.console) };
+    let (before, after) = match (
+        watcher_value(&b.console, "rss-before"),
+        watcher_value(&b.console, "rss-after"),
+    ) {
+        (Some(x), Some(y)) => (x, y),
+        _ => fail("no RSS figures from the watcher".into()),
+    };
+    if after > before + 512 {
+        fail(format!(
+            "PID 1 grew from {before} kB to {after} kB while a service flooded its output"
+        ));
+    }
+    for f in ["chatty.log.1", "chatty.log.2"] {
+        match watcher_value(&b.console, &format!("file {f}")) {
+            Some(n) if n > 0 && n <= 1024 * 1024 => {}
+            other => fail(format!(
+                "{f}: size {other:?}, expected a rotated file of at most 1 MiB"
+            )),
+        }
+    }
+    // One line a second from `quiet`, none lost to the flood.
+    let ticks = b.console.matches("quiet | quiet tick ").count() as u64;
+    match watcher_value(&b.console, "quiet-lines") {
+        Some(n) if n >= 3 && n + 2 >= ticks.min(100) => {}
+        other => fail(format!(
+            "quiet's lines in its ring: {other:?}, console shows {ticks}"
+        )),
+    }
+}

@@ -156,6 +156,13 @@ fn apply(spec: &mut UnitSpec, key: &str, text: &str) -> Result<(), String> {
             }
         }
         "start_timeout" => svc.start_timeout = dur()?,
+        "console" => {
+            spec.console = match text {
+                "true" | "on" => true,
+                "false" | "off" => false,
+                _ => return Err("expected true or false".into()),
+            }
+        }
         _ => return Err("unknown keel annotation".into()),
     }
     Ok(())
@@ -263,6 +270,7 @@ mod annotation_tests {
             ("readiness", "file:/run/ready"),
             ("start_timeout", "20s"),
             ("stop_timeout", "2s"),
+            ("console", "off"),
         ])
         .unwrap();
         let p = &s.service;
@@ -279,6 +287,7 @@ mod annotation_tests {
         assert_eq!(p.readiness, Readiness::File("/run/ready".into()));
         assert_eq!(p.start_timeout, Duration::from_secs(20));
         assert_eq!(s.stop_timeout, Duration::from_secs(2));
+        assert!(!s.console);
         assert_eq!(
             spec_with(&[("readiness", "notify")]).unwrap().service.readiness,
             Readiness::Notify
@@ -302,6 +311,7 @@ mod annotation_tests {
             ("readiness", "eventually"),
             ("start_timeout", "forever"),
             ("colour", "blue"),
+            ("console", "maybe"),
         ] {
             let e = spec_with(&[(k, v)]).unwrap_err();
             assert!(!e.is_empty(), "{k}={v}");

@@ -1,7 +1,7 @@
 //! The driver: owns the state machine, the runtime and the per-unit plumbing (sd_notify
 //! sockets, ready files, reaping), and turns the machine's actions into syscalls.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io::Read;
 use std::os::fd::AsFd;
@@ -55,6 +55,8 @@ pub struct Driver {
     /// Last STATUS= each service sent.
     status: HashMap<UnitId, String>,
     outputs: Outputs,
+    /// Units whose last run ended with an OOM kill in their cgroup.
+    oom: HashSet<UnitId>,
     /// First run of each unit: start, end (ready or exit), result; for `keel ctl boot`.
     timeline: Vec<Option<(Duration, Option<Duration>, String)>>,
 }
@@ -76,7 +78,7 @@ impl Driver {
                     Kind::Service => b.spec.name.clone(),
                     k => format!("{k}-{}", b.spec.name),
                 };
-                (b.spec.name.clone(), stem)
+                (b.spec.name.clone(), stem, b.spec.console)
             })
             .collect();
         let runtime = Runtime::new(state_root, CGROUP_PARENT).map_err(|e| e.to_string());
@@ -98,6 +100,7 @@ impl Driver {
             status: HashMap::new(),
             outputs: Outputs::new(names, log_dir, console),
             timeline: Vec::new(),
+            oom: HashSet::new(),
         }
     }
 
@@ -315,6 +318,20 @@ impl Driver {
             };
             match self.by_pid.remove(&pid) {
                 Some(id) => {
+                    // Before the cgroup is deleted: did the kernel's OOM killer act in it?
+                    let oom = self
+                        .cgroup_file(id, "memory.events")
+                        .is_some_and(|t| oom_kills(&t) > 0);
+                    if oom {
+                        log::warn!(
+                            "{} {} was killed by the out-of-memory killer (its memory limit)",
+                            self.bundles[id].spec.kind,
+                            self.bundles[id].spec.name
+                        );
+                        self.oom.insert(id);
+                    } else {
+                        self.oom.remove(&id);
+                    }
                     if let (Some(h), Ok(rt)) = (self.running.remove(&id), &self.runtime) {
                         if let Err(e) = rt.delete(h) {
                             log::warn!("{e}");
@@ -412,12 +429,16 @@ impl Driver {
             .or_else(|| self.bundles.iter().position(|b| b.spec.name == name))
     }
 
-    fn cgroup_value(&self, id: UnitId, file: &str) -> Option<u64> {
+    fn cgroup_file(&self, id: UnitId, file: &str) -> Option<String> {
         let cg = self.running.get(&id)?.cgroup.as_ref()?;
         let path = Path::new("/sys/fs/cgroup")
             .join(cg.strip_prefix("/").unwrap_or(cg))
             .join(file);
-        fs::read_to_string(path).ok()?.trim().parse().ok()
+        fs::read_to_string(path).ok()
+    }
+
+    fn cgroup_value(&self, id: UnitId, file: &str) -> Option<u64> {
+        self.cgroup_file(id, file)?.trim().parse().ok()
     }
 
     fn service_info(&self, id: UnitId) -> ServiceInfo {
@@ -448,7 +469,10 @@ impl Driver {
             pid: self.running.get(&id).map(|h| h.pid.as_raw()),
             uptime_ms,
             restarts: info.restarts,
-            last_exit: info.last_exit.map(|e| e.to_string()),
+            last_exit: info.last_exit.map(|e| match self.oom.contains(&id) {
+                true => format!("{e} (out of memory)"),
+                false => e.to_string(),
+            }),
             ready,
             health: None,
             status: self.status.get(&id).cloned(),
@@ -564,5 +588,27 @@ fn log_line(e: &crate::logging::capture::Entry) -> LogLine {
         ts_ms: e.ts.as_millis() as u64,
         stream: e.stream.tag().into(),
         text: e.text.clone(),
+    }
+}
+
+/// The `oom_kill` count of a cgroup v2 `memory.events` file.
+fn oom_kills(events: &str) -> u64 {
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::oom_kills;
+
+    #[test]
+    fn oom_kill_count() {
+        let ev = "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n";
+        assert_eq!(oom_kills(ev), 2);
+        assert_eq!(oom_kills("low 0\n"), 0);
+        assert_eq!(oom_kills("oom_kill x"), 0);
     }
 }

@@ -33,6 +33,7 @@ struct Pipe {
 
 struct UnitLog {
     name: String,
+    echo: bool,
     ring: Ring,
     file: RotatingFile,
     pipes: [Option<Pipe>; 2],
@@ -99,13 +100,14 @@ fn stream_index(s: Stream) -> usize {
 }
 
 impl Outputs {
-    /// `units`: (display name, log file stem) per unit id.
-    pub fn new(units: Vec<(String, String)>, dir: &Path, console: Option<Console>) -> Self {
+    /// `units`: (display name, log file stem, echo on the console) per unit id.
+    pub fn new(units: Vec<(String, String, bool)>, dir: &Path, console: Option<Console>) -> Self {
         Outputs {
             units: units
                 .into_iter()
-                .map(|(name, stem)| UnitLog {
+                .map(|(name, stem, echo)| UnitLog {
                     name,
+                    echo,
                     ring: Ring::new(RING_BYTES),
                     file: RotatingFile::new(dir.join(format!("{stem}.log")), FILE_BYTES, FILE_KEEP),
                     pipes: [None, None],
@@ -168,7 +170,8 @@ impl Outputs {
                 }
                 Ok(n) => {
                     total += n;
-                    let (ring, file, console, name) = (&mut u.ring, &mut u.file, &mut self.console, &u.name);
+                    let console = if u.echo { &mut self.console } else { &mut None };
+                    let (ring, file, name) = (&mut u.ring, &mut u.file, &u.name);
                     pipe.asm.feed(&buf[..n], &mut |line| {
                         record(ring, file, console, name, now, stream, line)
                     });

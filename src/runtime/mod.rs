@@ -278,8 +278,14 @@ impl Runtime {
             true => spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()),
             false => Some(self.default_cgroup(id)),
         };
-        let oom_adj = spec.process().as_ref().and_then(|p| p.oom_score_adj());
-        let saved_oom = oom_adj.and_then(|_| fs::read_to_string("/proc/self/oom_score_adj").ok());
+        // The container inherits the caller's oom_score_adj unless its spec sets one, and
+        // PID 1 runs at -1000: without this every container would be unkillable by the OOM
+        // killer. libcontainer writes a spec value into the caller itself; 0 is ours to write.
+        let own_oom = fs::read_to_string("/proc/self/oom_score_adj").ok();
+        let child_oom = spec.process().as_ref().and_then(|p| p.oom_score_adj());
+        if child_oom.is_none() && own_oom.as_deref().map(str::trim) != Some("0") {
+            let _ = fs::write("/proc/self/oom_score_adj", "0");
+        }
 
         let mut builder =
             ContainerBuilder::new(id.to_string(), SyscallType::default()).with_executor(KeelExecutor);
@@ -298,9 +304,11 @@ impl Runtime {
             builder.as_init(&from).with_systemd(false).build()
         });
 
-        // libcontainer writes the container's oomScoreAdj into the caller and may move its cwd.
-        if let Some(saved) = saved_oom {
-            let _ = fs::write("/proc/self/oom_score_adj", saved.trim());
+        // Undo what the create did to the caller: its oom_score_adj, and maybe its cwd.
+        if let Some(own) = own_oom.as_deref().map(str::trim) {
+            if own != child_oom.map(|v| v.to_string()).as_deref().unwrap_or("0") {
+                let _ = fs::write("/proc/self/oom_score_adj", own);
+            }
         }
         let _ = nix::unistd::chdir("/");
 

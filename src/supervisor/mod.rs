@@ -55,6 +55,8 @@ pub struct UnitSpec {
     pub stop_timeout: Duration,
     /// Restart, dependencies and readiness; only services use it.
     pub service: ServicePolicy,
+    /// Echo the container's output on the console (it is logged either way).
+    pub console: bool,
 }
 
 impl UnitSpec {
@@ -65,6 +67,7 @@ impl UnitSpec {
             timeout: Duration::from_secs(120),
             stop_timeout: Duration::from_secs(10),
             service: ServicePolicy::default(),
+            console: true,
         }
     }
 }
