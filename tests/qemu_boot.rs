@@ -320,6 +320,21 @@ fn services_are_supervised_restarted_and_ordered() {
         ],
     );
     order(
+        "a health check gates readiness, and failing checks restart the service",
+        &[
+            "keel: started service flaky (waiting for its health check)",
+            "keel: service flaky is ready (health check passed)",
+            "flaky | flaky: going unhealthy",
+            "keel: warning: health check of service flaky failed (1/2)",
+            "keel: warning: health check of service flaky failed (2/2)",
+            "keel: error: service flaky is unhealthy after 2 failed checks; restarting it",
+            "flaky | flaky: got SIGTERM",
+            "keel: restarting service flaky in 100ms",
+            "keel: started service flaky (waiting for its health check)",
+            "keel: service flaky is ready (health check passed)",
+        ],
+    );
+    order(
         "keel ctl from a container that binds the socket",
         &[
             "driver | == list",

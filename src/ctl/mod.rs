@@ -24,10 +24,11 @@ pub const MAX_REQUEST: usize = 4096;
 /// keeps a confused server from filling the client's memory.
 pub const MAX_RESPONSE: usize = 16 << 20;
 
-/// Decoded strictly (through `StrictRequest`), so a typo (`"nmae"`) is an error rather than
-/// a silently different request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case", from = "StrictRequest")]
+/// Decoded strictly by `request_from_json` (a typo such as `"nmae"` is an error, not a
+/// silently different request). Decoding through `serde_json::Value`, which PID 1 links
+/// anyway, keeps a derived deserializer out of the device binary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     List,
     Status {
@@ -58,54 +59,66 @@ pub enum Request {
     Halt,
 }
 
-/// What [`Request`] is decoded through: serde ignores `deny_unknown_fields` on the unit
-/// variants of an internally tagged enum (`{"cmd":"halt","force":1}` would pass), so here
-/// they are empty struct variants, which do check.
-#[derive(Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-enum StrictRequest {
-    List {},
-    Status {
-        name: String,
-    },
-    Start {
-        name: String,
-    },
-    Stop {
-        name: String,
-    },
-    Restart {
-        name: String,
-    },
-    Logs {
-        name: String,
-        #[serde(default)]
-        follow: bool,
-        #[serde(default)]
-        lines: Option<u32>,
-    },
-    Boot {},
-    Poweroff {},
-    Reboot {},
-    Halt {},
-}
+const COMMANDS: &str = "list, status, start, stop, restart, logs, boot, poweroff, reboot, halt";
 
-impl From<StrictRequest> for Request {
-    fn from(r: StrictRequest) -> Request {
-        use StrictRequest as S;
-        match r {
-            S::List {} => Request::List,
-            S::Status { name } => Request::Status { name },
-            S::Start { name } => Request::Start { name },
-            S::Stop { name } => Request::Stop { name },
-            S::Restart { name } => Request::Restart { name },
-            S::Logs { name, follow, lines } => Request::Logs { name, follow, lines },
-            S::Boot {} => Request::Boot,
-            S::Poweroff {} => Request::Poweroff,
-            S::Reboot {} => Request::Reboot,
-            S::Halt {} => Request::Halt,
+/// One request object: `cmd`, the fields that command takes, nothing else.
+fn request_from_json(v: serde_json::Value) -> Result<Request, String> {
+    use serde_json::Value;
+    let Value::Object(mut m) = v else {
+        return Err("a request must be a JSON object".into());
+    };
+    let cmd = match m.remove("cmd") {
+        Some(Value::String(s)) => s,
+        Some(_) => return Err("`cmd` must be a string".into()),
+        None => return Err("missing field `cmd`".into()),
+    };
+    // Unknown fields first: a typo'd `name` should be named as such, not as missing.
+    let allowed: &[&str] = match cmd.as_str() {
+        "status" | "start" | "stop" | "restart" => &["name"],
+        "logs" => &["name", "follow", "lines"],
+        _ => &[],
+    };
+    if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
+        if COMMANDS.split(", ").any(|c| c == cmd) {
+            return Err(format!("unknown field `{k}` for `{cmd}`"));
         }
     }
+    let mut name = || match m.remove("name") {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err("`name` must be a string".to_string()),
+        None => Err("missing field `name`".to_string()),
+    };
+    let req = match cmd.as_str() {
+        "list" => Request::List,
+        "boot" => Request::Boot,
+        "poweroff" => Request::Poweroff,
+        "reboot" => Request::Reboot,
+        "halt" => Request::Halt,
+        "status" => Request::Status { name: name()? },
+        "start" => Request::Start { name: name()? },
+        "stop" => Request::Stop { name: name()? },
+        "restart" => Request::Restart { name: name()? },
+        "logs" => {
+            let name = name()?;
+            let follow = match m.remove("follow") {
+                None => false,
+                Some(Value::Bool(b)) => b,
+                Some(_) => return Err("`follow` must be true or false".into()),
+            };
+            let lines = match m.remove("lines") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => Some(
+                    n.as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or("`lines` must be a whole number up to 4294967295")?,
+                ),
+                Some(_) => return Err("`lines` must be a number".into()),
+            };
+            Request::Logs { name, follow, lines }
+        }
+        other => return Err(format!("unknown variant `{other}`, expected one of {COMMANDS}")),
+    };
+    Ok(req)
 }
 
 /// On the wire `{"ok":true,"data":...}` or `{"ok":false,"error":"..."}`, so a script can test
@@ -308,7 +321,11 @@ fn decode(line: &[u8]) -> Option<Result<Request, ProtocolError>> {
     if text.trim().is_empty() {
         return None;
     }
-    Some(serde_json::from_str(text).map_err(|e| ProtocolError::Malformed(e.to_string())))
+    let parsed = serde_json::from_str(text)
+        .map_err(|e| e.to_string())
+        .and_then(request_from_json)
+        .map_err(ProtocolError::Malformed);
+    Some(parsed)
 }
 
 /// One response line: JSON and a newline.

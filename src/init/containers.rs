@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::duration;
 use crate::init::cmdline::Options;
-use crate::supervisor::{Kind, Readiness, Restart, UnitSpec};
+use crate::supervisor::{Healthcheck, Kind, Readiness, Restart, ServicePolicy, UnitSpec};
 
 const PREFIX: &str = "org.keel.";
 
@@ -99,7 +99,43 @@ fn settings(bundle: &Path, name: &str, kind: Kind, opts: &Options, warnings: &mu
             warnings.push(format!("{}: annotation {key}={text:?}: {e}", config.display()));
         }
     }
+    let svc = &mut spec.service;
+    if svc.healthcheck.as_ref().is_some_and(|h| h.command.is_empty()) {
+        warnings.push(format!(
+            "{}: org.keel.health_* without org.keel.healthcheck; no health check",
+            config.display()
+        ));
+        svc.healthcheck = None;
+    }
+    if svc.readiness == Readiness::Healthcheck && svc.healthcheck.is_none() {
+        warnings.push(format!(
+            "{}: org.keel.readiness=healthcheck without org.keel.healthcheck; ready when started",
+            config.display()
+        ));
+        svc.readiness = Readiness::Started;
+    }
     spec
+}
+
+/// A health check command: a JSON array of arguments, or words split on whitespace.
+fn health_command(text: &str) -> Result<Vec<String>, String> {
+    let args: Vec<String> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(text).map_err(|e| format!("not a JSON array of strings: {e}"))?
+    } else {
+        text.split_whitespace().map(String::from).collect()
+    };
+    if args.is_empty() {
+        return Err("empty command".into());
+    }
+    Ok(args)
+}
+
+/// The health check being configured; its command may come after its settings (keys are
+/// read in sorted order), `settings` checks one was given.
+fn health(svc: &mut ServicePolicy) -> Result<&mut Healthcheck, String> {
+    Ok(svc
+        .healthcheck
+        .get_or_insert_with(|| Healthcheck::new(Vec::new())))
 }
 
 fn apply(spec: &mut UnitSpec, key: &str, text: &str) -> Result<(), String> {
@@ -149,13 +185,30 @@ fn apply(spec: &mut UnitSpec, key: &str, text: &str) -> Result<(), String> {
             svc.readiness = match text {
                 "started" => Readiness::Started,
                 "notify" => Readiness::Notify,
+                "healthcheck" => Readiness::Healthcheck,
                 f => match f.strip_prefix("file:") {
                     Some(path) if path.starts_with('/') => Readiness::File(path.into()),
-                    _ => return Err("expected started, notify or file:/ABSOLUTE/PATH".into()),
+                    _ => return Err("expected started, notify, healthcheck or file:/ABSOLUTE/PATH".into()),
                 },
             }
         }
         "start_timeout" => svc.start_timeout = dur()?,
+        "healthcheck" => {
+            let command = health_command(text)?;
+            match svc.healthcheck.as_mut() {
+                Some(h) => h.command = command,
+                None => svc.healthcheck = Some(Healthcheck::new(command)),
+            }
+        }
+        "health_interval" => health(svc)?.interval = dur()?,
+        "health_timeout" => health(svc)?.timeout = dur()?,
+        "health_retries" => {
+            health(svc)?.retries = text
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or("expected a positive number")?
+        }
         "console" => {
             spec.console = match text {
                 "true" | "on" => true,
@@ -312,6 +365,9 @@ mod annotation_tests {
             ("start_timeout", "forever"),
             ("colour", "blue"),
             ("console", "maybe"),
+            ("healthcheck", "[1, 2]"),
+            ("healthcheck", "  "),
+            ("health_retries", "0"),
         ] {
             let e = spec_with(&[(k, v)]).unwrap_err();
             assert!(!e.is_empty(), "{k}={v}");

@@ -57,6 +57,8 @@ pub struct Driver {
     outputs: Outputs,
     /// Units whose last run ended with an OOM kill in their cgroup.
     oom: HashSet<UnitId>,
+    /// Health-check processes running, by PID.
+    health_pids: HashMap<Pid, UnitId>,
     /// First run of each unit: start, end (ready or exit), result; for `keel ctl boot`.
     timeline: Vec<Option<(Duration, Option<Duration>, String)>>,
 }
@@ -101,6 +103,7 @@ impl Driver {
             outputs: Outputs::new(names, log_dir, console),
             timeline: Vec::new(),
             oom: HashSet::new(),
+            health_pids: HashMap::new(),
         }
     }
 
@@ -215,6 +218,12 @@ impl Driver {
     fn execute(&mut self, action: Action) {
         match action {
             Action::Start(id) => self.start(id),
+            Action::RunHealthcheck(id) => self.run_healthcheck(id),
+            Action::KillHealthcheck(id) => {
+                for (&pid, _) in self.health_pids.iter().filter(|(_, &u)| u == id) {
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                }
+            }
             Action::Signal(id, sig) => {
                 let sig = match sig {
                     StopSignal::Term => Signal::SIGTERM,
@@ -243,6 +252,27 @@ impl Driver {
             Action::Finish(kind) => {
                 log::info!("all containers stopped; {kind}");
                 shutdown::finish(kind)
+            }
+        }
+    }
+
+    fn run_healthcheck(&mut self, id: UnitId) {
+        let b = &self.bundles[id];
+        let Some(check) = &b.spec.service.healthcheck else {
+            return;
+        };
+        let result = match (self.running.get(&id), &self.runtime) {
+            (Some(h), Ok(rt)) => rt.exec(h, &check.command).map_err(|e| e.to_string()),
+            (None, _) => Err("the service is not running".into()),
+            (_, Err(e)) => Err(e.clone()),
+        };
+        match result {
+            Ok(pid) => {
+                self.health_pids.insert(pid, id);
+            }
+            Err(e) => {
+                log::warn!("service {}: cannot run its health check: {e}", b.spec.name);
+                self.queue.push_back(Event::Health(id, false));
             }
         }
     }
@@ -316,6 +346,10 @@ impl Driver {
                     return;
                 }
             };
+            if let Some(id) = self.health_pids.remove(&pid) {
+                self.queue.push_back(Event::Health(id, exit.success()));
+                continue;
+            }
             match self.by_pid.remove(&pid) {
                 Some(id) => {
                     // Before the cgroup is deleted: did the kernel's OOM killer act in it?
@@ -408,6 +442,9 @@ impl Driver {
                 (*id, now, "ready".to_string())
             }
             Event::Ready(id) => (*id, now, "ready".into()),
+            Event::Health(id, true) if self.bundles[*id].spec.service.readiness == Readiness::Healthcheck => {
+                (*id, now, "ready".into())
+            }
             Event::Exited(id, exit) => (*id, now, exit.to_string()),
             Event::StartFailed(id, why) => {
                 if self.timeline[*id].is_none() {
@@ -474,7 +511,7 @@ impl Driver {
                 false => e.to_string(),
             }),
             ready,
-            health: None,
+            health: info.health.clone(),
             status: self.status.get(&id).cloned(),
             reason,
             memory_bytes: self.cgroup_value(id, "memory.current"),

@@ -424,6 +424,41 @@ impl Runtime {
         }
     }
 
+    /// Run `args` inside the running container, as an exec: its own process in the
+    /// container's namespaces and cgroup, with no stdio. Returns its PID; the caller reaps it.
+    pub fn exec(&self, handle: &Handle, args: &[String]) -> Result<Pid> {
+        let id = handle.id.as_str();
+        let null = || -> Result<fs::File> {
+            fs::File::options()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|source| RuntimeError::Io {
+                    what: "cannot open",
+                    path: "/dev/null".into(),
+                    source,
+                })
+        };
+        let own_oom = fs::read_to_string("/proc/self/oom_score_adj").ok();
+        let mut builder =
+            ContainerBuilder::new(id.to_string(), SyscallType::default()).with_executor(KeelExecutor);
+        builder = guarded(id, "exec", || builder.with_root_path(&self.state_root))?;
+        builder = builder
+            .with_stdin(null()?)
+            .with_stdout(null()?)
+            .with_stderr(null()?);
+        // Same as for the container itself: the exec must not inherit PID 1's -1000.
+        let _ = fs::write("/proc/self/oom_score_adj", "0");
+        let r = guarded(id, "exec", || {
+            builder.as_tenant().with_container_args(args.to_vec()).build()
+        });
+        if let Some(own) = own_oom {
+            let _ = fs::write("/proc/self/oom_score_adj", own.trim());
+        }
+        let _ = nix::unistd::chdir("/");
+        r
+    }
+
     /// Release a created container's init so it execs the workload.
     pub fn start(&self, handle: &mut Handle) -> Result<()> {
         guarded(&handle.id, "start", || handle.container.start())

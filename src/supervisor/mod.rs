@@ -26,7 +26,7 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// The longest the stopping of services may take at shutdown, whatever their timeouts.
 pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(90);
 
-pub use policy::{Backoff, Readiness, Restart, ServicePolicy, StartLimit};
+pub use policy::{Backoff, Healthcheck, Readiness, Restart, ServicePolicy, StartLimit};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -136,6 +136,8 @@ pub enum StopWhy {
     User,
     /// `keel ctl restart`: started again at once.
     Restart,
+    /// Its health check failed too often: a failure, restarted per its policy.
+    Unhealthy,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -208,6 +210,8 @@ pub enum Event {
     Ready(UnitId),
     /// The unit's container process was reaped.
     Exited(UnitId, Exit),
+    /// A health check ended: passed or not.
+    Health(UnitId, bool),
     /// poweroff / reboot / halt was requested.
     Shutdown(ShutdownKind),
     /// `keel ctl start|stop|restart NAME`.
@@ -226,6 +230,10 @@ pub enum Level {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Start(UnitId),
+    /// Run the service's health check inside its container; report with Event::Health.
+    RunHealthcheck(UnitId),
+    /// The health check overran its timeout: kill it (its Event::Health is then ignored).
+    KillHealthcheck(UnitId),
     Signal(UnitId, StopSignal),
     /// The unit will never be reaped (stuck after SIGKILL): stop tracking it.
     Abandon(UnitId),
@@ -256,6 +264,20 @@ struct Unit {
     restarts: u32,
     last_exit: Option<Exit>,
     started_at: Option<Time>,
+    health: Health,
+}
+
+/// Health-check bookkeeping for the current run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Health {
+    /// When the next check is due.
+    next: Option<Time>,
+    /// A check is running since.
+    running_since: Option<Time>,
+    /// Consecutive failures.
+    failures: u32,
+    /// Result of the last check.
+    last_ok: Option<bool>,
 }
 
 /// What `keel ctl` shows about a unit.
@@ -266,6 +288,8 @@ pub struct UnitInfo<'a> {
     pub restarts: u32,
     pub last_exit: Option<Exit>,
     pub started_at: Option<Time>,
+    /// "healthy", "unhealthy (N failed)" or "starting", for services with a health check.
+    pub health: Option<String>,
 }
 
 pub struct Machine {
@@ -292,6 +316,7 @@ impl Machine {
                     restarts: 0,
                     last_exit: None,
                     started_at: None,
+                    health: Health::default(),
                 })
                 .collect(),
             phase: Phase::NotBooted,
@@ -365,12 +390,23 @@ impl Machine {
 
     pub fn info(&self, id: UnitId) -> UnitInfo<'_> {
         let u = &self.units[id];
+        let health = u
+            .spec
+            .service
+            .healthcheck
+            .as_ref()
+            .map(|_| match u.health.last_ok {
+                None => "starting".to_string(),
+                Some(true) => "healthy".to_string(),
+                Some(false) => format!("unhealthy ({} failed)", u.health.failures),
+            });
         UnitInfo {
             spec: &u.spec,
             state: &u.state,
             restarts: u.restarts,
             last_exit: u.last_exit,
             started_at: u.started_at,
+            health,
         }
     }
 
@@ -451,6 +487,7 @@ impl Machine {
                 }
             }
             Event::Exited(id, exit) if valid(id) => self.exited(now, id, exit),
+            Event::Health(id, ok) if valid(id) => self.health_result(now, id, ok),
             Event::Shutdown(kind) => self.shutdown(now, kind),
             Event::UserStart(id) if valid(id) => self.user_start(now, id, false),
             Event::UserRestart(id) if valid(id) => self.user_start(now, id, true),
@@ -475,8 +512,88 @@ impl Machine {
         };
         (0..self.units.len())
             .filter_map(|id| self.deadline(id))
+            .chain((0..self.units.len()).filter_map(|id| self.health_deadline(id)))
             .chain(shutdown)
             .min()
+    }
+
+    fn health_deadline(&self, id: UnitId) -> Option<Time> {
+        let u = &self.units[id];
+        let check = u.spec.service.healthcheck.as_ref()?;
+        if !matches!(u.state, UnitState::Running { .. }) || self.phase != Phase::Up {
+            return None;
+        }
+        match u.health.running_since {
+            Some(t) => Some(t + check.timeout),
+            None => u.health.next,
+        }
+    }
+
+    fn fire_health(&mut self, now: Time) {
+        for id in 0..self.units.len() {
+            match self.health_deadline(id) {
+                Some(d) if d <= now => {}
+                _ => continue,
+            }
+            let Some(check) = self.units[id].spec.service.healthcheck.clone() else {
+                continue;
+            };
+            if self.units[id].health.running_since.is_some() {
+                self.out.push(Action::KillHealthcheck(id));
+                let m = format!(
+                    "health check of {} timed out after {}",
+                    self.label(id),
+                    human(check.timeout)
+                );
+                self.log(Level::Warn, m);
+                self.health_result(now, id, false);
+            } else {
+                self.units[id].health.running_since = Some(now);
+                self.out.push(Action::RunHealthcheck(id));
+            }
+        }
+    }
+
+    fn health_result(&mut self, now: Time, id: UnitId, ok: bool) {
+        let Some(check) = self.units[id].spec.service.healthcheck.clone() else {
+            return;
+        };
+        let running = matches!(self.units[id].state, UnitState::Running { .. });
+        let h = &mut self.units[id].health;
+        if h.running_since.is_none() || !running {
+            return; // a late report from a check already given up on, or from a past run
+        }
+        h.running_since = None;
+        h.next = Some(now + check.interval);
+        h.last_ok = Some(ok);
+        if ok {
+            h.failures = 0;
+            if let UnitState::Running { since, ready: false } = self.units[id].state {
+                if self.units[id].spec.service.readiness == Readiness::Healthcheck {
+                    self.units[id].state = UnitState::Running { since, ready: true };
+                    let m = format!(
+                        "service {} is ready (health check passed)",
+                        self.units[id].spec.name
+                    );
+                    self.log(Level::Info, m);
+                }
+            }
+            return;
+        }
+        h.failures += 1;
+        let failures = h.failures;
+        let label = self.label(id);
+        self.log(
+            Level::Warn,
+            format!("health check of {label} failed ({failures}/{})", check.retries),
+        );
+        if failures >= check.retries {
+            self.log(
+                Level::Error,
+                format!("{label} is unhealthy after {failures} failed checks; restarting it"),
+            );
+            self.signal_stop(now, id, StopWhy::Unhealthy);
+        }
     }
 
     fn deadline(&self, id: UnitId) -> Option<Time> {
@@ -506,6 +623,7 @@ impl Machine {
             self.maybe_services_stopped(kind);
         }
         if self.phase == Phase::Up {
+            self.fire_health(now);
             self.schedule(now);
         }
     }
@@ -597,11 +715,18 @@ impl Machine {
         let ready = u.spec.kind != Kind::Service || u.spec.service.readiness == Readiness::Started;
         u.state = UnitState::Running { since: now, ready };
         u.started_at = Some(now);
+        u.health = Health {
+            next: u.spec.service.healthcheck.as_ref().map(|c| now + c.interval),
+            ..Health::default()
+        };
         if u.spec.kind == Kind::Service {
             let m = match &u.spec.service.readiness {
                 Readiness::Started => format!("started service {}", u.spec.name),
                 Readiness::Notify => format!("started service {} (waiting for READY=1)", u.spec.name),
                 Readiness::File(f) => format!("started service {} (waiting for {f})", u.spec.name),
+                Readiness::Healthcheck => {
+                    format!("started service {} (waiting for its health check)", u.spec.name)
+                }
             };
             self.log(Level::Info, m);
         }
@@ -652,6 +777,7 @@ impl Machine {
                     self.units[id].state = UnitState::Waiting;
                 }
                 Some(StopWhy::Timeout) => self.ended(now, id, Some(exit), Some("not ready in time".into())),
+                Some(StopWhy::Unhealthy) => self.ended(now, id, Some(exit), Some("unhealthy".into())),
                 None => {
                     let level = if exit.success() { Level::Info } else { Level::Warn };
                     self.log(level, format!("{label} exited: {exit}"));

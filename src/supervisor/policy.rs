@@ -21,6 +21,29 @@ pub enum Readiness {
     Notify,
     /// When this path exists inside the container.
     File(String),
+    /// When its health check first passes.
+    Healthcheck,
+}
+
+/// A command run inside the service's container every `interval`; `retries` consecutive
+/// failures (non-zero exit, or longer than `timeout`) restart the service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Healthcheck {
+    pub command: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+impl Healthcheck {
+    pub fn new(command: Vec<String>) -> Self {
+        Healthcheck {
+            command,
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            retries: 3,
+        }
+    }
 }
 
 /// Exponential backoff between restarts: `initial`, times `factor` after each restart, at
@@ -49,6 +72,7 @@ pub struct ServicePolicy {
     pub readiness: Readiness,
     /// Not ready within this long after starting: stopped and counted as a failure.
     pub start_timeout: Duration,
+    pub healthcheck: Option<Healthcheck>,
 }
 
 impl Default for ServicePolicy {
@@ -68,6 +92,7 @@ impl Default for ServicePolicy {
             depends_on: Vec::new(),
             readiness: Readiness::Started,
             start_timeout: Duration::from_secs(60),
+            healthcheck: None,
         }
     }
 }

@@ -661,3 +661,95 @@ fn ctl_commands_are_refused_where_they_make_no_sense() {
         "onboot containers are not services"
     );
 }
+
+fn checked(name: &str, interval: u64, retries: u32) -> UnitSpec {
+    let mut u = unit(name, Kind::Service);
+    let mut h = Healthcheck::new(vec!["/bin/check".into()]);
+    h.interval = secs(interval);
+    h.timeout = secs(2);
+    h.retries = retries;
+    u.service.healthcheck = Some(h);
+    u
+}
+
+#[test]
+fn health_checks_run_every_interval_and_consecutive_failures_restart() {
+    let mut m = Machine::new(vec![checked("web", 5, 3)], OnbootFailure::Continue);
+    m.handle(secs(0), Event::Boot);
+    m.handle(secs(0), Event::Started(0));
+    assert_eq!(m.next_deadline(), Some(secs(5)));
+    assert_eq!(non_log(m.tick(secs(5))), vec![Action::RunHealthcheck(0)]);
+    assert_eq!(m.info(0).health.as_deref(), Some("starting"));
+    m.handle(secs(6), Event::Health(0, true));
+    assert_eq!(m.info(0).health.as_deref(), Some("healthy"));
+    assert_eq!(m.next_deadline(), Some(secs(11)));
+    // Two failures, then a pass: the count starts again.
+    for t in [11, 16] {
+        m.tick(secs(t));
+        let a = m.handle(secs(t), Event::Health(0, false));
+        assert_eq!(non_log(a), vec![]);
+    }
+    assert_eq!(m.info(0).health.as_deref(), Some("unhealthy (2 failed)"));
+    m.tick(secs(21));
+    m.handle(secs(21), Event::Health(0, true));
+    for t in [26, 31] {
+        m.tick(secs(t));
+        m.handle(secs(t), Event::Health(0, false));
+    }
+    m.tick(secs(36));
+    let a = m.handle(secs(36), Event::Health(0, false));
+    assert!(
+        logs(&a)
+            .iter()
+            .any(|l| l == "service web is unhealthy after 3 failed checks; restarting it"),
+        "{a:?}"
+    );
+    assert_eq!(non_log(a), vec![Action::Signal(0, StopSignal::Term)]);
+    // No checks while it stops; it exits and is restarted as a failure.
+    assert_eq!(m.next_deadline(), Some(secs(46)), "only the stop timeout");
+    m.handle(secs(37), Event::Exited(0, Exit::Code(0)));
+    assert_eq!(
+        m.state(0),
+        &UnitState::Backoff {
+            until: secs(37) + ms(100)
+        }
+    );
+}
+
+#[test]
+fn a_health_check_that_overruns_is_killed_and_counts_as_failed() {
+    let mut m = Machine::new(vec![checked("web", 5, 1)], OnbootFailure::Continue);
+    m.handle(secs(0), Event::Boot);
+    m.handle(secs(0), Event::Started(0));
+    m.tick(secs(5));
+    assert_eq!(m.next_deadline(), Some(secs(7)));
+    let a = m.tick(secs(7));
+    assert!(
+        logs(&a)[0].contains("health check of service web timed out after 2s"),
+        "{a:?}"
+    );
+    assert_eq!(
+        non_log(a),
+        vec![Action::KillHealthcheck(0), Action::Signal(0, StopSignal::Term)]
+    );
+    // The killed check's own report comes late and changes nothing.
+    assert_eq!(m.handle(secs(7), Event::Health(0, false)), vec![]);
+}
+
+#[test]
+fn readiness_by_health_check_gates_dependents() {
+    let mut db = checked("db", 1, 3);
+    db.service.readiness = Readiness::Healthcheck;
+    let mut web = unit("web", Kind::Service);
+    web.service.depends_on = vec!["db".into()];
+    let mut m = Machine::new(vec![db, web], OnbootFailure::Continue);
+    m.handle(secs(0), Event::Boot);
+    let a = m.handle(secs(0), Event::Started(0));
+    assert_eq!(logs(&a), ["started service db (waiting for its health check)"]);
+    m.tick(secs(1));
+    assert_eq!(non_log(m.handle(secs(1), Event::Health(0, false))), vec![]);
+    m.tick(secs(2));
+    let a = m.handle(secs(2), Event::Health(0, true));
+    assert!(logs(&a).contains(&"service db is ready (health check passed)".to_string()));
+    assert_eq!(non_log(a), vec![Action::Start(1)]);
+}
