@@ -51,13 +51,23 @@ struct Boot {
 }
 
 fn boot(kernel: &Path, initrd: &Path, cmdline: &str) -> Boot {
-    boot_until(kernel, initrd, cmdline, None)
+    boot_until(kernel, initrd, cmdline, None, "", Duration::ZERO).0
 }
 
 /// Boot and wait for QEMU to exit, or (for a halt, after which QEMU stays up) for `until`
-/// to appear on the console, then stop QEMU.
-fn boot_until(kernel: &Path, initrd: &Path, cmdline: &str, until: Option<&str>) -> Boot {
+/// to appear on the console; then wait `hold` and stop QEMU. Also returns whether QEMU was
+/// still running at the end of `hold`.
+fn boot_until(
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    until: Option<&str>,
+    qemu_args: &str,
+    hold: Duration,
+) -> (Boot, bool) {
+    let mut held = false;
     let mut child = Command::new(repo().join("scripts/run-qemu.sh"))
+        .env("KEEL_QEMU_ARGS", qemu_args)
         .arg(kernel)
         .arg(initrd)
         .arg(cmdline)
@@ -85,7 +95,8 @@ fn boot_until(kernel: &Path, initrd: &Path, cmdline: &str, until: Option<&str>) 
             break true;
         }
         if until.is_some_and(seen) {
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(hold.max(Duration::from_millis(200)));
+            held = matches!(child.try_wait(), Ok(None));
             let _ = child.kill();
             let _ = child.wait();
             break true;
@@ -103,7 +114,7 @@ fn boot_until(kernel: &Path, initrd: &Path, cmdline: &str, until: Option<&str>) 
         let _ = e.read_to_string(&mut err);
     }
     let console = String::from_utf8_lossy(&console.lock().unwrap()).replace('\r', "") + &err;
-    Boot { console, exited }
+    (Boot { console, exited }, held)
 }
 
 /// Every pattern must appear, in this order, each on a line after the previous one's.
@@ -248,11 +259,13 @@ fn signals_to_pid1_follow_busybox_conventions() {
         ],
         NEVER,
     );
-    let b = boot_until(
+    let (b, _) = boot_until(
         &kernel,
         &initrd,
         "keel_test.shutdown=sigusr1",
         Some("reboot: System halted"),
+        "",
+        Duration::ZERO,
     );
     assert_in_order(
         &b,
@@ -445,4 +458,41 @@ fn output_is_captured_rotated_and_bounded_and_oom_kills_are_recorded() {
             "quiet's lines in its ring: {other:?}, console shows {ticks}"
         )),
     }
+}
+
+#[test]
+fn the_watchdog_is_petted_and_a_halted_machine_stays_halted() {
+    require_root();
+    let kernel = env_path("KEEL_KERNEL", "run scripts/build-kernel.sh");
+    let initrd = build_image("tests/images/boot");
+    // If the watchdog fires, QEMU powers the VM off: without petting the boot ends early
+    // (verified by disabling the keepalive). After the halt the VM must stay halted; keel
+    // disarms with the magic close, though this driver also stops itself on halt, so the
+    // hold does not tell the two apart.
+    let (b, held) = boot_until(
+        &kernel,
+        &initrd,
+        "keel.watchdog=2s keel_test.shutdown=sigusr1",
+        Some("reboot: System halted"),
+        "-device i6300esb -action watchdog=poweroff",
+        Duration::from_secs(8),
+    );
+    assert_in_order(
+        &b,
+        "watchdog",
+        &[
+            "keel: watchdog /dev/watchdog armed: timeout 2s",
+            "keel: error: onboot hang timed out after 2s",
+            "KEEL-CHECK: PASS",
+            "keel: halt requested by SIGUSR1",
+            "keel: halt now",
+            "reboot: System halted",
+        ],
+        NEVER,
+    );
+    assert!(
+        held,
+        "the halted VM went away: the watchdog was not disarmed\n{}",
+        b.console
+    );
 }

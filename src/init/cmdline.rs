@@ -30,6 +30,8 @@ pub struct Options {
     pub onshutdown_timeout: Duration,
     /// `keel.stop_timeout=DURATION`: default SIGTERM-to-SIGKILL grace for services.
     pub stop_timeout: Duration,
+    /// `keel.watchdog=DURATION`: arm /dev/watchdog with this timeout and pet it.
+    pub watchdog: Option<Duration>,
     /// Problems found while parsing, reported once logging is up.
     pub warnings: Vec<String>,
 }
@@ -43,6 +45,7 @@ impl Default for Options {
             onboot_timeout: Duration::from_secs(120),
             onshutdown_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(10),
+            watchdog: None,
             warnings: Vec::new(),
         }
     }
@@ -121,6 +124,12 @@ pub fn parse(cmdline: &str) -> Options {
             "keel.onboot_timeout" => dur(&mut o, |o| &mut o.onboot_timeout),
             "keel.onshutdown_timeout" => dur(&mut o, |o| &mut o.onshutdown_timeout),
             "keel.stop_timeout" => dur(&mut o, |o| &mut o.stop_timeout),
+            "keel.watchdog" => match value.map(duration::parse) {
+                Some(Ok(d)) if d >= Duration::from_secs(2) => o.watchdog = Some(d),
+                _ => o.warnings.push(format!(
+                    "kernel option {word}: expected a duration of at least 2s; no watchdog"
+                )),
+            },
             k if k.starts_with("keel.") => o.warnings.push(format!("unknown kernel option {word}; ignored")),
             _ => {}
         }
@@ -142,13 +151,16 @@ mod tests {
     fn reads_every_option() {
         let o = parse(
             "console=ttyS0 keel.debug quiet keel.onboot_failure=poweroff keel.onboot_timeout=5s \
-             keel.onshutdown_timeout=250ms keel.stop_timeout=2m",
+             keel.onshutdown_timeout=250ms keel.stop_timeout=2m keel.watchdog=30s",
         );
         assert!(o.debug && o.quiet);
         assert_eq!(o.onboot_failure, OnbootFailure::Poweroff);
         assert_eq!(o.onboot_timeout, Duration::from_secs(5));
         assert_eq!(o.onshutdown_timeout, Duration::from_millis(250));
         assert_eq!(o.stop_timeout, Duration::from_secs(120));
+        assert_eq!(o.watchdog, Some(Duration::from_secs(30)));
+        assert!(parse("keel.watchdog=1s").watchdog.is_none());
+        assert_eq!(parse("keel.watchdog=1s").warnings.len(), 1);
         assert!(o.warnings.is_empty(), "{:?}", o.warnings);
     }
 

@@ -10,6 +10,7 @@ pub mod mounts;
 pub mod output;
 pub mod shutdown;
 pub mod system;
+pub mod watchdog;
 
 use std::fs;
 use std::os::fd::AsFd;
@@ -277,6 +278,16 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
         console,
         epoll.clone(),
     );
+    if let Some(t) = opts.watchdog {
+        match watchdog::arm(t, driver.now()) {
+            Ok(t) => log::info!(
+                "watchdog {} armed: timeout {}",
+                watchdog::DEVICE,
+                crate::duration::human(t)
+            ),
+            Err(e) => log::warn!("{e}; running without a watchdog"),
+        }
+    }
     let mut control = match control::Control::open(Path::new(crate::ctl::SOCKET), &epoll) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -292,7 +303,8 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
     loop {
         let now = driver.now();
         let ctl_due = control.as_mut().and_then(|c| c.expire(&epoll, now));
-        match [driver.machine.next_deadline(), ctl_due]
+        let pet_due = watchdog::pet(now);
+        match [driver.machine.next_deadline(), ctl_due, pet_due]
             .into_iter()
             .flatten()
             .min()

@@ -47,6 +47,9 @@ fn mount_points() -> Vec<String> {
 
 /// Everything that remains once supervision has ended; never returns.
 pub fn finish(kind: ShutdownKind) -> ! {
+    // The last steps take a few seconds at most; the watchdog stays armed until just before
+    // reboot(2), so a hang here still resets the machine.
+    super::watchdog::pet_now();
     log::info!("sending SIGTERM to remaining processes");
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
     if !reap_all(Duration::from_secs(2)) {
@@ -84,6 +87,7 @@ pub fn finish(kind: ShutdownKind) -> ! {
         ShutdownKind::Reboot => RebootMode::RB_AUTOBOOT,
         ShutdownKind::Halt => RebootMode::RB_HALT_SYSTEM,
     };
+    super::watchdog::disarm();
     log::info!("{kind} now");
     let err = match reboot(mode) {
         Err(e) => e,
