@@ -23,6 +23,7 @@ use super::control::Answer;
 use super::output::{Console, Outputs};
 use super::{parse_request, shutdown, shutdown_for_signal, CGROUP_PARENT, INITCTL};
 use crate::ctl::{BootEvent, Data, LogLine, Request, Response, ServiceInfo};
+use crate::logging::capture::{Ring, Stream};
 use crate::runtime::{Handle, Runtime, Stdio};
 use crate::supervisor::{
     Action, Event, Exit, Kind, Level, Machine, Readiness, ShutdownKind, StopSignal, UnitId, UnitState,
@@ -35,6 +36,13 @@ pub const TOKEN_INITCTL: u64 = 3;
 pub const TOKEN_NOTIFY: u64 = 1 << 32;
 /// Host directory of the per-service sd_notify sockets.
 pub const NOTIFY_ROOT: &str = "/run/keel/notify";
+pub const TOKEN_KMSG: u64 = 5;
+/// `keel ctl logs` names that are not units.
+pub const KEEL_LOG: &str = "keel";
+pub const KERNEL_LOG: &str = "kernel";
+const KEEL_LOG_ID: UnitId = usize::MAX;
+const KERNEL_LOG_ID: UnitId = usize::MAX - 1;
+const KERNEL_RING_BYTES: usize = 64 * 1024;
 /// How often ready files are looked for while a service waits on one.
 pub const READY_FILE_POLL: Duration = Duration::from_millis(100);
 
@@ -59,6 +67,9 @@ pub struct Driver {
     oom: HashSet<UnitId>,
     /// Health-check processes running, by PID.
     health_pids: HashMap<Pid, UnitId>,
+    /// The kernel log (/dev/kmsg), kept for `keel ctl logs kernel`.
+    kmsg: Option<fs::File>,
+    kernel_log: Ring,
     /// First run of each unit: start, end (ready or exit), result; for `keel ctl boot`.
     timeline: Vec<Option<(Duration, Option<Duration>, String)>>,
 }
@@ -104,6 +115,8 @@ impl Driver {
             timeline: Vec::new(),
             oom: HashSet::new(),
             health_pids: HashMap::new(),
+            kmsg: None,
+            kernel_log: Ring::new(KERNEL_RING_BYTES),
         }
     }
 
@@ -553,8 +566,18 @@ impl Driver {
     }
 
     /// The unit's log lines after `seq`, and the new last sequence number.
+    fn ring(&self, id: UnitId) -> Option<&Ring> {
+        match id {
+            KERNEL_LOG_ID => Some(&self.kernel_log),
+            id => self.outputs.ring(id),
+        }
+    }
+
     pub(super) fn log_lines(&self, id: UnitId, after: u64) -> (Vec<LogLine>, u64) {
-        let Some(ring) = self.outputs.ring(id) else {
+        if id == KEEL_LOG_ID {
+            return crate::logging::with_own(|r| (r.since(after).1.map(log_line).collect(), r.last_seq()));
+        }
+        let Some(ring) = self.ring(id) else {
             return (Vec::new(), after);
         };
         let (_, entries) = ring.since(after);
@@ -583,10 +606,24 @@ impl Driver {
             Request::Stop { name } => self.user(Event::UserStop, &name, "stopping"),
             Request::Restart { name } => self.user(Event::UserRestart, &name, "restarting"),
             Request::Logs { name, follow, lines } => {
-                let Some(id) = self.unit_by_name(&name) else {
-                    return no_such("unit", &name);
+                let id = match (self.unit_by_name(&name), name.as_str()) {
+                    (Some(id), _) => id,
+                    (None, KEEL_LOG) => KEEL_LOG_ID,
+                    (None, KERNEL_LOG) => KERNEL_LOG_ID,
+                    (None, _) => return no_such("unit", &name),
                 };
-                let Some(ring) = self.outputs.ring(id) else {
+                if id == KEEL_LOG_ID {
+                    let n = lines.unwrap_or(100) as usize;
+                    let (backlog, last) =
+                        crate::logging::with_own(|r| (r.last(n).map(log_line).collect(), r.last_seq()));
+                    let resp = Response::Ok(Data::Logs(backlog));
+                    return if follow {
+                        Answer::Follow(resp, id, last)
+                    } else {
+                        Answer::Reply(resp)
+                    };
+                }
+                let Some(ring) = self.ring(id) else {
                     return no_such("unit", &name);
                 };
                 let n = lines.unwrap_or(100) as usize;
@@ -647,5 +684,81 @@ mod tests {
         assert_eq!(oom_kills(ev), 2);
         assert_eq!(oom_kills("low 0\n"), 0);
         assert_eq!(oom_kills("oom_kill x"), 0);
+    }
+}
+
+/// The kernel log.
+impl Driver {
+    /// Follow /dev/kmsg from the start of the kernel's buffer (the boot messages too).
+    pub(super) fn open_kmsg(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/kmsg");
+        match f {
+            Ok(f) => {
+                if self
+                    .epoll
+                    .add(f.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_KMSG))
+                    .is_ok()
+                {
+                    self.kmsg = Some(f);
+                    self.read_kmsg();
+                }
+            }
+            Err(e) => log::debug!("cannot read /dev/kmsg: {e}"),
+        }
+    }
+
+    /// One record per read; records overwritten before we read them (EPIPE) are skipped.
+    pub(super) fn read_kmsg(&mut self) {
+        let Some(f) = self.kmsg.as_mut() else { return };
+        let mut buf = [0u8; 8192];
+        for _ in 0..1024 {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Some((ts, stream, text)) = kmsg_record(&buf[..n]) {
+                        self.kernel_log.push(ts, stream, &text);
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// `PRIO,SEQ,MICROS,FLAGS;TEXT\n...`: the time, warnings and worse as stderr, the text.
+fn kmsg_record(rec: &[u8]) -> Option<(Duration, Stream, String)> {
+    let text = String::from_utf8_lossy(rec);
+    let (head, body) = text.split_once(';')?;
+    let mut fields = head.split(',');
+    let prio: u32 = fields.next()?.parse().ok()?;
+    let micros: u64 = fields.nth(1)?.parse().ok()?;
+    let msg = body.lines().next().unwrap_or("").to_string();
+    let stream = if prio & 7 <= 4 {
+        Stream::Stderr
+    } else {
+        Stream::Stdout
+    };
+    Some((Duration::from_micros(micros), stream, msg))
+}
+
+#[cfg(test)]
+mod kmsg_tests {
+    use super::*;
+
+    #[test]
+    fn kmsg_records() {
+        let (ts, stream, text) =
+            kmsg_record(b"6,339,5140900,-;NET: Registered PF_PACKET\n SUBSYSTEM=net\n").unwrap();
+        assert_eq!(ts, Duration::from_micros(5_140_900));
+        assert_eq!(stream, Stream::Stdout);
+        assert_eq!(text, "NET: Registered PF_PACKET");
+        assert_eq!(kmsg_record(b"3,1,2,-;oops").unwrap().1, Stream::Stderr);
+        assert!(kmsg_record(b"garbage").is_none());
+        assert!(kmsg_record(b"x,1,2,-;t").is_none());
     }
 }

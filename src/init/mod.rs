@@ -278,6 +278,9 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
         console,
         epoll.clone(),
     );
+    if !shutdown::DEV_MODE.load(std::sync::atomic::Ordering::Relaxed) {
+        driver.open_kmsg();
+    }
     if let Some(t) = opts.watchdog {
         match watchdog::arm(t, driver.now()) {
             Ok(t) => log::info!(
@@ -355,6 +358,7 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
                             driver.read_initctl(f);
                         }
                     }
+                    driver::TOKEN_KMSG => driver.read_kmsg(),
                     control::TOKEN_LISTEN => {
                         if let Some(c) = control.as_mut() {
                             c.accept(&epoll);

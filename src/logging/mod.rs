@@ -28,6 +28,20 @@ static LOGGER: ConsoleLogger = ConsoleLogger {
     sink: Mutex::new(Sink::Fd(2)),
 };
 
+/// PID 1's own messages from the first one on, for `keel ctl logs keel` (bounded).
+static OWN: Mutex<Option<capture::Ring>> = Mutex::new(None);
+const OWN_RING_BYTES: usize = 32 * 1024;
+
+fn with_own_mut<R>(f: impl FnOnce(&mut capture::Ring) -> R) -> R {
+    let mut own = OWN.lock().unwrap_or_else(|e| e.into_inner());
+    f(own.get_or_insert_with(|| capture::Ring::new(OWN_RING_BYTES)))
+}
+
+/// Read PID 1's own message ring.
+pub fn with_own<R>(f: impl FnOnce(&capture::Ring) -> R) -> R {
+    with_own_mut(|r| f(r))
+}
+
 /// Seconds since boot, as the kernel prints them.
 pub fn uptime() -> f64 {
     match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
@@ -56,7 +70,17 @@ impl Log for ConsoleLogger {
         if !self.enabled(record.metadata()) || !record.target().starts_with("keel") {
             return;
         }
-        let line = format_line(record.level(), &record.args().to_string());
+        let msg = record.args().to_string();
+        let line = format_line(record.level(), &msg);
+        {
+            let (stream, tag) = match record.level() {
+                Level::Error => (capture::Stream::Stderr, "error: "),
+                Level::Warn => (capture::Stream::Stderr, "warning: "),
+                _ => (capture::Stream::Stdout, ""),
+            };
+            let ts = std::time::Duration::from_secs_f64(uptime());
+            with_own_mut(|ring| ring.push(ts, stream, &format!("{tag}{msg}")));
+        }
         let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
         let ok = match &mut *sink {
             Sink::Fd(fd) => nix::unistd::write(
