@@ -327,7 +327,7 @@ fn services_are_supervised_restarted_and_ordered() {
             "keel: poweroff requested through /run/keel/ctl.sock",
             "web: got SIGTERM",
             "keel: stopped service web: exit code 0",
-            "db: got SIGTERM",
+            "db: got SIGINT",
             "keel: stopped service db: exit code 0",
             "reboot: Power down",
         ],
@@ -382,6 +382,27 @@ fn services_are_supervised_restarted_and_ordered() {
             "keel: poweroff requested through /run/keel/ctl.sock",
             "reboot: Power down",
         ],
+    );
+    // `keel ctl list --json` is one parseable JSON object describing every unit.
+    let json = b
+        .console
+        .lines()
+        .find_map(|l| l.strip_prefix("driver | {\"ok\":true"))
+        .map(|rest| format!("{{\"ok\":true{rest}"));
+    let parsed: serde_json::Value = match json.as_deref().map(serde_json::from_str) {
+        Some(Ok(v)) => v,
+        other => panic!("keel ctl list --json did not parse: {other:?}\n{}", b.console),
+    };
+    let services = parsed["data"]["services"].as_array().cloned().unwrap_or_default();
+    let db = services.iter().find(|s| s["name"] == "db");
+    assert!(
+        db.is_some_and(|d| d["state"] == "running" && d["ready"] == true && d["pid"].is_i64()),
+        "db in --json: {db:?}"
+    );
+    let crash = services.iter().find(|s| s["name"] == "crash");
+    assert!(
+        crash.is_some_and(|c| c["state"] == "failed" && c["restarts"] == 3),
+        "crash in --json: {crash:?}"
     );
     let restarts = b.console.matches("keel: started service crash").count();
     assert_eq!(restarts, 4, "crash must start exactly 4 times\n{}", b.console);

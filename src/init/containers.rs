@@ -117,6 +117,30 @@ fn settings(bundle: &Path, name: &str, kind: Kind, opts: &Options, warnings: &mu
     spec
 }
 
+/// `SIGTERM`, `TERM` or `15`; SIGKILL and SIGSTOP make no sense as a polite request.
+fn signal_number(text: &str) -> Result<i32, String> {
+    use std::str::FromStr;
+    let t = text.trim();
+    let sig = match t.parse::<i32>() {
+        Ok(n) => nix::sys::signal::Signal::try_from(n).ok(),
+        Err(_) => {
+            let name = if t.starts_with("SIG") {
+                t.to_string()
+            } else {
+                format!("SIG{t}")
+            };
+            nix::sys::signal::Signal::from_str(&name.to_ascii_uppercase()).ok()
+        }
+    };
+    match sig {
+        Some(nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP) => {
+            Err("SIGKILL and SIGSTOP cannot be stop signals".into())
+        }
+        Some(s) => Ok(s as i32),
+        None => Err("expected a signal name such as SIGINT, or its number".into()),
+    }
+}
+
 /// A health check command: a JSON array of arguments, or words split on whitespace.
 fn health_command(text: &str) -> Result<Vec<String>, String> {
     let args: Vec<String> = if text.trim_start().starts_with('[') {
@@ -144,6 +168,7 @@ fn apply(spec: &mut UnitSpec, key: &str, text: &str) -> Result<(), String> {
     match key {
         "timeout" => spec.timeout = dur()?,
         "stop_timeout" => spec.stop_timeout = dur()?,
+        "stop_signal" => spec.stop_signal = signal_number(text)?,
         "restart" => {
             svc.restart = match text {
                 "always" => Restart::Always,
@@ -324,6 +349,7 @@ mod annotation_tests {
             ("start_timeout", "20s"),
             ("stop_timeout", "2s"),
             ("console", "off"),
+            ("stop_signal", "SIGINT"),
         ])
         .unwrap();
         let p = &s.service;
@@ -341,6 +367,15 @@ mod annotation_tests {
         assert_eq!(p.start_timeout, Duration::from_secs(20));
         assert_eq!(s.stop_timeout, Duration::from_secs(2));
         assert!(!s.console);
+        assert_eq!(s.stop_signal, libc::SIGINT);
+        assert_eq!(
+            spec_with(&[("stop_signal", "hup")]).unwrap().stop_signal,
+            libc::SIGHUP
+        );
+        assert_eq!(
+            spec_with(&[("stop_signal", "10")]).unwrap().stop_signal,
+            libc::SIGUSR1
+        );
         assert_eq!(
             spec_with(&[("readiness", "notify")]).unwrap().service.readiness,
             Readiness::Notify
@@ -365,6 +400,9 @@ mod annotation_tests {
             ("start_timeout", "forever"),
             ("colour", "blue"),
             ("console", "maybe"),
+            ("stop_signal", "SIGKILL"),
+            ("stop_signal", "SIGNOPE"),
+            ("stop_signal", "99"),
             ("healthcheck", "[1, 2]"),
             ("healthcheck", "  "),
             ("health_retries", "0"),

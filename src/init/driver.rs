@@ -239,7 +239,9 @@ impl Driver {
             }
             Action::Signal(id, sig) => {
                 let sig = match sig {
-                    StopSignal::Term => Signal::SIGTERM,
+                    StopSignal::Term => {
+                        Signal::try_from(self.bundles[id].spec.stop_signal).unwrap_or(Signal::SIGTERM)
+                    }
                     StopSignal::Kill => Signal::SIGKILL,
                 };
                 if let (Some(h), Ok(rt)) = (self.running.get_mut(&id), &self.runtime) {

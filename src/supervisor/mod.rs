@@ -53,6 +53,8 @@ pub struct UnitSpec {
     pub timeout: Duration,
     /// Grace between the stop signal and SIGKILL.
     pub stop_timeout: Duration,
+    /// The signal that asks the container to stop (StopSignal::Term stands for it).
+    pub stop_signal: i32,
     /// Restart, dependencies and readiness; only services use it.
     pub service: ServicePolicy,
     /// Echo the container's output on the console (it is logged either way).
@@ -66,6 +68,7 @@ impl UnitSpec {
             kind,
             timeout: Duration::from_secs(120),
             stop_timeout: Duration::from_secs(10),
+            stop_signal: libc::SIGTERM,
             service: ServicePolicy::default(),
             console: true,
         }
@@ -120,6 +123,7 @@ impl fmt::Display for ShutdownKind {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopSignal {
+    /// The unit's stop signal (SIGTERM unless configured).
     Term,
     Kill,
 }
