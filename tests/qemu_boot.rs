@@ -44,6 +44,24 @@ fn build_image(src: &str) -> PathBuf {
     out
 }
 
+/// The serial console is a terminal, so keel colours its status tags: drop the colours.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 struct Boot {
     console: String,
     /// The VM ended by itself (or reached `until`), rather than being killed at the limit.
@@ -113,7 +131,7 @@ fn boot_until(
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    let console = String::from_utf8_lossy(&console.lock().unwrap()).replace('\r', "") + &err;
+    let console = strip_ansi(&String::from_utf8_lossy(&console.lock().unwrap()).replace('\r', "")) + &err;
     (Boot { console, exited }, held)
 }
 
@@ -169,29 +187,29 @@ fn full_boot(kernel: &Path, what: &str) {
         what,
         &[
             "keel: keel ",
-            "keel: mounted /proc /sys /dev /dev/pts /dev/shm /dev/mqueue /run /tmp /sys/fs/cgroup",
+            "keel: [  OK  ] mounted /proc /sys /dev /dev/pts /dev/shm /dev/mqueue /run /tmp /sys/fs/cgroup",
             "keel: hostname keel-test",
             "keel: 4 onboot, 2 services, 1 onshutdown containers in /containers",
             "keel: running onboot hello",
             "hello: onboot container ran (pid 1)",
-            "keel: onboot hello finished: exit code 0",
+            "keel: [  OK  ] onboot hello finished: exit code 0",
             "keel: running onboot fail",
-            "keel: error: onboot fail failed: exit code 3",
+            "keel: [FAILED] onboot fail failed: exit code 3",
             "keel: running onboot hang",
-            "keel: error: onboot hang timed out after 2s; killing it",
-            "keel: error: onboot hang failed: timed out (signal SIGKILL)",
+            "keel: [FAILED] onboot hang timed out after 2s; killing it",
+            "keel: [FAILED] onboot hang failed: timed out (signal SIGKILL)",
             "keel: running onboot orphans",
             "orphans: leaving 20 children behind",
             "keel: reaped orphan",
-            "keel: onboot orphans finished: exit code 0",
-            "keel: started service svc",
+            "keel: [  OK  ] onboot orphans finished: exit code 0",
+            "keel: [  OK  ] started service svc",
             "KEEL-CHECK: PASS",
             "keel: poweroff requested through /run/keel/initctl",
             "svc: got SIGTERM",
             "keel: stopped service svc: exit code 0",
             "keel: running onshutdown bye",
             "bye: onshutdown container ran",
-            "keel: onshutdown bye finished: exit code 0",
+            "keel: [  OK  ] onshutdown bye finished: exit code 0",
             "keel: poweroff now",
             "reboot: Power down",
         ],
@@ -228,9 +246,9 @@ fn onboot_failure_policy_poweroff_stops_the_boot() {
         &b,
         "keel.onboot_failure=poweroff",
         &[
-            "keel: onboot hello finished: exit code 0",
-            "keel: error: onboot fail failed: exit code 3",
-            "keel: error: boot stopped: onboot fail failed and keel.onboot_failure=poweroff; no services will start",
+            "keel: [  OK  ] onboot hello finished: exit code 0",
+            "keel: [FAILED] onboot fail failed: exit code 3",
+            "keel: [FAILED] boot stopped: onboot fail failed and keel.onboot_failure=poweroff; no services will start",
             "keel: running onshutdown bye",
             "bye: onshutdown container ran",
             "keel: poweroff now",
@@ -295,30 +313,30 @@ fn services_are_supervised_restarted_and_ordered() {
     order(
         "crash loop: growing delays, then the start limit",
         &[
-            "keel: started service crash",
-            "keel: warning: service crash exited: exit code 1",
+            "keel: [  OK  ] started service crash",
+            "keel: [ WARN ] service crash exited: exit code 1",
             "keel: restarting service crash in 50ms",
             "keel: restarting service crash in 100ms",
             "keel: restarting service crash in 200ms",
-            "keel: error: service crash failed: start limit reached: 4 starts within 1m; not restarting it",
+            "keel: [FAILED] service crash failed: start limit reached: 4 starts within 1m; not restarting it",
             "keel: poweroff now",
         ],
     );
     order(
         "readiness through sd_notify gates the dependent service",
         &[
-            "keel: started service db (waiting for READY=1)",
+            "keel: [  OK  ] started service db (waiting for READY=1)",
             "db: ready",
-            "keel: service db is ready",
-            "keel: started service web",
+            "keel: [  OK  ] service db is ready",
+            "keel: [  OK  ] started service web",
             "web: started",
         ],
     );
     order(
         "readiness through a ready file",
         &[
-            "keel: started service rf (waiting for /tmp/ready)",
-            "keel: service rf is ready",
+            "keel: [  OK  ] started service rf (waiting for /tmp/ready)",
+            "keel: [  OK  ] service rf is ready",
         ],
     );
     order(
@@ -335,16 +353,16 @@ fn services_are_supervised_restarted_and_ordered() {
     order(
         "a health check gates readiness, and failing checks restart the service",
         &[
-            "keel: started service flaky (waiting for its health check)",
-            "keel: service flaky is ready (health check passed)",
+            "keel: [  OK  ] started service flaky (waiting for its health check)",
+            "keel: [  OK  ] service flaky is ready (health check passed)",
             "flaky | flaky: going unhealthy",
-            "keel: warning: health check of service flaky failed (1/2)",
-            "keel: warning: health check of service flaky failed (2/2)",
-            "keel: error: service flaky is unhealthy after 2 failed checks; restarting it",
+            "keel: [ WARN ] health check of service flaky failed (1/2)",
+            "keel: [ WARN ] health check of service flaky failed (2/2)",
+            "keel: [FAILED] service flaky is unhealthy after 2 failed checks; restarting it",
             "flaky | flaky: got SIGTERM",
             "keel: restarting service flaky in 100ms",
-            "keel: started service flaky (waiting for its health check)",
-            "keel: service flaky is ready (health check passed)",
+            "keel: [  OK  ] started service flaky (waiting for its health check)",
+            "keel: [  OK  ] service flaky is ready (health check passed)",
         ],
     );
     order(
@@ -362,7 +380,7 @@ fn services_are_supervised_restarted_and_ordered() {
             "driver | state:     running",
             "keel: restarting service db on request",
             "keel: service db stopped for restart: exit code 0",
-            "keel: service db is ready",
+            "keel: [  OK  ] service db is ready",
             "driver | restarts:  1",
             "driver | status:    serving",
             "driver | memory:",
@@ -404,7 +422,7 @@ fn services_are_supervised_restarted_and_ordered() {
         crash.is_some_and(|c| c["state"] == "failed" && c["restarts"] == 3),
         "crash in --json: {crash:?}"
     );
-    let restarts = b.console.matches("keel: started service crash").count();
+    let restarts = b.console.matches("keel: [  OK  ] started service crash").count();
     assert_eq!(restarts, 4, "crash must start exactly 4 times\n{}", b.console);
 }
 
@@ -432,8 +450,8 @@ fn output_is_captured_rotated_and_bounded_and_oom_kills_are_recorded() {
         &[
             "hog | hog: eating memory",
             "Memory cgroup out of memory: Killed process",
-            "keel: warning: service hog was killed by the out-of-memory killer (its memory limit)",
-            "keel: warning: service hog exited: signal SIGKILL",
+            "keel: [ WARN ] service hog was killed by the out-of-memory killer (its memory limit)",
+            "keel: [ WARN ] service hog exited: signal SIGKILL",
             "watcher | watcher: hog last exit: signal SIGKILL (out of memory)",
             "keel: poweroff now",
         ],
@@ -507,7 +525,7 @@ fn the_watchdog_is_petted_and_a_halted_machine_stays_halted() {
         "watchdog",
         &[
             "keel: watchdog /dev/watchdog armed: timeout 2s",
-            "keel: error: onboot hang timed out after 2s",
+            "keel: [FAILED] onboot hang timed out after 2s",
             "KEEL-CHECK: PASS",
             "keel: halt requested by SIGUSR1",
             "keel: halt now",

@@ -261,6 +261,7 @@ impl Driver {
                 let now = self.now();
                 self.outputs.close(id, &self.epoll, now);
             }
+            Action::Log(Level::Ok, m) => log::info!(target: crate::logging::OK, "{m}"),
             Action::Log(Level::Info, m) => log::info!("{m}"),
             Action::Log(Level::Warn, m) => log::warn!("{m}"),
             Action::Log(Level::Error, m) => log::error!("{m}"),

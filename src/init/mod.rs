@@ -157,7 +157,7 @@ fn boot(root: &Path, dev_cmdline: Option<String>) -> Options {
     }
     let mounted: Vec<_> = mounts::BASE.iter().map(|m| m.target).collect();
     if mount_errors.is_empty() {
-        log::info!("mounted {}", mounted.join(" "));
+        log::info!(target: crate::logging::OK, "mounted {}", mounted.join(" "));
     }
 
     if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {

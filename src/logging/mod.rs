@@ -14,7 +14,8 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 enum Sink {
     /// A file descriptor inherited from the kernel (or the caller), not ours to close.
     Fd(i32),
-    Console(File),
+    /// The console, and whether it is a terminal (colours).
+    Console(File, bool),
     /// /dev/kmsg wants one record per write, with a syslog priority prefix.
     Kmsg(File),
     None,
@@ -50,15 +51,31 @@ pub fn uptime() -> f64 {
     }
 }
 
-fn format_line(level: Level, msg: &str) -> String {
-    let tag = match level {
-        Level::Error => "error: ",
-        Level::Warn => "warning: ",
-        _ => "",
-    };
+/// The log target of messages about something that went well (`[  OK  ]`).
+pub const OK: &str = "keel::ok";
+
+/// A message's status tag, as on systemd's console, and its ANSI colour.
+fn status(level: Level, target: &str) -> Option<(&'static str, &'static str)> {
+    match level {
+        Level::Error => Some(("FAILED", "1;31")),
+        Level::Warn => Some((" WARN ", "1;33")),
+        Level::Info if target == OK => Some(("  OK  ", "32")),
+        _ => None,
+    }
+}
+
+fn tag(level: Level, target: &str, colour: bool) -> String {
+    match status(level, target) {
+        Some((t, c)) if colour => format!("[\x1b[{c}m{t}\x1b[0m] "),
+        Some((t, _)) => format!("[{t}] "),
+        None => String::new(),
+    }
+}
+
+fn format_line(level: Level, target: &str, msg: &str, colour: bool) -> String {
     // One event per line, even if a message carries newlines (from a container, say).
     let msg = msg.replace('\n', " | ");
-    format!("[{:>12.6}] keel: {tag}{msg}\n", uptime())
+    format!("[{:>12.6}] keel: {}{msg}\n", uptime(), tag(level, target, colour))
 }
 
 impl Log for ConsoleLogger {
@@ -70,25 +87,28 @@ impl Log for ConsoleLogger {
         if !self.enabled(record.metadata()) || !record.target().starts_with("keel") {
             return;
         }
+        let (level, target) = (record.level(), record.target());
         let msg = record.args().to_string();
-        let line = format_line(record.level(), &msg);
         {
-            let (stream, tag) = match record.level() {
-                Level::Error => (capture::Stream::Stderr, "error: "),
-                Level::Warn => (capture::Stream::Stderr, "warning: "),
-                _ => (capture::Stream::Stdout, ""),
+            let stream = match level {
+                Level::Error | Level::Warn => capture::Stream::Stderr,
+                _ => capture::Stream::Stdout,
             };
             let ts = std::time::Duration::from_secs_f64(uptime());
-            with_own_mut(|ring| ring.push(ts, stream, &format!("{tag}{msg}")));
+            let text = format!("{}{msg}", tag(level, target, false));
+            with_own_mut(|ring| ring.push(ts, stream, &text));
         }
         let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
         let ok = match &mut *sink {
-            Sink::Fd(fd) => nix::unistd::write(
-                unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) },
-                line.as_bytes(),
-            )
-            .is_ok(),
-            Sink::Console(f) => f.write_all(line.as_bytes()).is_ok(),
+            Sink::Fd(fd) => {
+                let colour = nix::unistd::isatty(*fd).unwrap_or(false);
+                // SAFETY: fd 2 (or the caller's) stays open for the process's life.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+                nix::unistd::write(fd, format_line(level, target, &msg, colour).as_bytes()).is_ok()
+            }
+            Sink::Console(f, colour) => f
+                .write_all(format_line(level, target, &msg, *colour).as_bytes())
+                .is_ok(),
             Sink::Kmsg(f) => {
                 let prio = match record.level() {
                     Level::Error => 3,
@@ -96,9 +116,9 @@ impl Log for ConsoleLogger {
                     Level::Info => 6,
                     _ => 7,
                 };
-                // kmsg adds its own timestamp; drop ours.
-                let body = line.split_once("] ").map(|x| x.1).unwrap_or(&line);
-                f.write_all(format!("<{prio}>{body}").as_bytes()).is_ok()
+                // kmsg adds its own timestamp.
+                let body = format!("<{prio}>keel: {}{msg}\n", tag(level, target, false));
+                f.write_all(body.as_bytes()).is_ok()
             }
             Sink::None => true,
         };
@@ -106,7 +126,7 @@ impl Log for ConsoleLogger {
             // A console that fails (gone, or never backed by a device) hands over to the
             // kernel log; when that fails too, stop trying rather than loop on errors.
             *sink = match &*sink {
-                Sink::Fd(_) | Sink::Console(_) => open_kmsg().map(Sink::Kmsg).unwrap_or(Sink::None),
+                Sink::Fd(_) | Sink::Console(..) => open_kmsg().map(Sink::Kmsg).unwrap_or(Sink::None),
                 _ => Sink::None,
             };
         }
@@ -148,7 +168,10 @@ fn open_kmsg() -> Option<File> {
 /// Switch to /dev/console, or /dev/kmsg when there is no console (once /dev is mounted).
 pub fn open_console() {
     let sink = match open_write("/dev/console") {
-        Some(f) => Sink::Console(f),
+        Some(f) => {
+            let tty = nix::unistd::isatty(std::os::fd::AsRawFd::as_raw_fd(&f)).unwrap_or(false);
+            Sink::Console(f, tty)
+        }
         None => open_kmsg().map(Sink::Kmsg).unwrap_or(Sink::None),
     };
     *LOGGER.sink.lock().unwrap_or_else(|e| e.into_inner()) = sink;
@@ -159,12 +182,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_are_prefixed_and_single() {
-        let l = format_line(Level::Warn, "service x\nexited");
+    fn lines_are_prefixed_tagged_and_single() {
+        let l = format_line(Level::Warn, "keel", "service x\nexited", false);
         assert!(l.starts_with('['), "{l}");
-        assert!(l.ends_with("] keel: warning: service x | exited\n"), "{l}");
+        assert!(l.ends_with("] keel: [ WARN ] service x | exited\n"), "{l}");
         assert_eq!(l.matches('\n').count(), 1);
-        assert!(format_line(Level::Info, "hi").ends_with("] keel: hi\n"));
-        assert!(format_line(Level::Error, "bad").contains("keel: error: bad"));
+        assert!(format_line(Level::Info, "keel", "hi", false).ends_with("] keel: hi\n"));
+        assert!(format_line(Level::Info, OK, "up", false).ends_with("] keel: [  OK  ] up\n"));
+        assert!(format_line(Level::Error, "keel", "bad", false).contains("keel: [FAILED] bad"));
+        let coloured = format_line(Level::Error, "keel", "bad", true);
+        assert!(
+            coloured.contains("keel: [\x1b[1;31mFAILED\x1b[0m] bad"),
+            "{coloured:?}"
+        );
     }
 }

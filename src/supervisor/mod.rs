@@ -226,6 +226,8 @@ pub enum Event {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
+    /// Something went as it should: started, ready, finished.
+    Ok,
     Info,
     Warn,
     Error,
@@ -487,7 +489,7 @@ impl Machine {
                 if let UnitState::Running { since, ready: false } = self.units[id].state {
                     self.units[id].state = UnitState::Running { since, ready: true };
                     let m = format!("service {} is ready", self.units[id].spec.name);
-                    self.log(Level::Info, m);
+                    self.log(Level::Ok, m);
                 }
             }
             Event::Exited(id, exit) if valid(id) => self.exited(now, id, exit),
@@ -579,7 +581,7 @@ impl Machine {
                         "service {} is ready (health check passed)",
                         self.units[id].spec.name
                     );
-                    self.log(Level::Info, m);
+                    self.log(Level::Ok, m);
                 }
             }
             return;
@@ -732,7 +734,7 @@ impl Machine {
                     format!("started service {} (waiting for its health check)", u.spec.name)
                 }
             };
-            self.log(Level::Info, m);
+            self.log(Level::Ok, m);
         }
         // A shutdown may have arrived while this unit was being started.
         if matches!(self.phase, Phase::StoppingServices { .. })
@@ -757,7 +759,7 @@ impl Machine {
                 self.units[id].state = UnitState::Exited { exit, timed_out };
                 match () {
                     _ if timed_out => self.log(Level::Error, format!("{label} failed: timed out ({exit})")),
-                    _ if exit.success() => self.log(Level::Info, format!("{label} finished: {exit}")),
+                    _ if exit.success() => self.log(Level::Ok, format!("{label} finished: {exit}")),
                     _ => self.log(Level::Error, format!("{label} failed: {exit}")),
                 }
                 self.unit_done(now, id);
