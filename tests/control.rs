@@ -31,25 +31,7 @@ impl Drop for Pid1 {
 fn start() -> Pid1 {
     require_root();
     let keel = env!("CARGO_BIN_EXE_keel");
-    let d = scratch("control");
-    let img = d.join("initrd.img");
-    let st = Command::new(repo().join("scripts/build-image.sh"))
-        .arg(repo().join("tests/images/minimal"))
-        .arg(&img)
-        .arg(keel)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let root = d.join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(format!("zcat {} | cpio -idm --quiet", img.display()))
-        .current_dir(&root)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let root = unpacked_image("tests/images/minimal", keel);
     let mut launcher = Command::new(keel)
         .args(["init", "--root"])
         .arg(&root)

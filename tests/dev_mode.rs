@@ -11,24 +11,7 @@ use common::*;
 fn boot_test_image_runs_in_development_mode() {
     require_root();
     let keel = env!("CARGO_BIN_EXE_keel");
-    let d = scratch("dev");
-    let img = d.join("initrd.img");
-    let st = Command::new(repo().join("scripts/build-image.sh"))
-        .arg(repo().join("tests/images/boot"))
-        .arg(&img)
-        .arg(keel)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let root = d.join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(format!("zcat {} | cpio -idm --quiet", img.display()))
-        .current_dir(&root)
-        .status()
-        .unwrap();
-    assert!(st.success(), "unpack the initrd");
+    let root = unpacked_image("tests/images/boot", keel);
 
     // One stream, as on a console: keel logs to stderr, containers write to stdout.
     let out = Command::new("sh")

@@ -804,24 +804,11 @@ impl Machine {
             self.unit_done(now, id);
             return;
         }
-        if matches!(self.phase, Phase::StoppingServices { .. }) {
-            self.units[id].state = match exit {
-                Some(exit) => UnitState::Exited {
-                    exit,
-                    timed_out: false,
-                },
-                None => UnitState::Failed {
-                    reason: failure.unwrap_or_default(),
-                    blocked_by: None,
-                },
-            };
-            self.unit_done(now, id);
-            return;
-        }
         let failed = failure.is_some() || !exit.is_some_and(Exit::success);
         let label = self.label(id);
         let policy = self.units[id].spec.service.clone();
-        if !policy.restart.wants_restart(failed) {
+        let stopping = matches!(self.phase, Phase::StoppingServices { .. });
+        if stopping || !policy.restart.wants_restart(failed) {
             self.units[id].state = match exit {
                 Some(exit) => UnitState::Exited {
                     exit,

@@ -56,3 +56,28 @@ pub fn edit_config(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     edit(&mut spec);
     fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
 }
+
+/// `src` (a tests/images directory) built into an initrd with `keel` as /init, then unpacked
+/// into a fresh directory: a root for `keel init --root`.
+pub fn unpacked_image(src: &str, keel: &str) -> PathBuf {
+    let d = scratch("image");
+    let img = d.join("initrd.img");
+    let st = std::process::Command::new(repo().join("scripts/build-image.sh"))
+        .arg(repo().join(src))
+        .arg(&img)
+        .arg(keel)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "build-image.sh {src}");
+    let root = d.join("root");
+    fs::create_dir_all(&root).unwrap();
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("zcat {} | cpio -idm --quiet", img.display()))
+        .current_dir(&root)
+        .status()
+        .unwrap();
+    assert!(st.success(), "unpack the initrd of {src}");
+    root
+}
