@@ -2,6 +2,8 @@
 
 pub mod ctl;
 pub mod duration;
+#[cfg(feature = "build")]
+pub mod image;
 pub mod init;
 pub mod logging;
 pub mod runtime;
