@@ -6,5 +6,7 @@ pub mod duration;
 pub mod image;
 pub mod init;
 pub mod logging;
+#[cfg(feature = "build")]
+pub mod manifest;
 pub mod runtime;
 pub mod supervisor;
