@@ -9,4 +9,6 @@ pub mod logging;
 #[cfg(feature = "build")]
 pub mod manifest;
 pub mod runtime;
+#[cfg(feature = "build")]
+pub mod spec;
 pub mod supervisor;
