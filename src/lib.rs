@@ -1,5 +1,7 @@
 //! keel: a minimal PID 1 that boots a Linux machine straight into containers.
 
+#[cfg(feature = "build")]
+pub mod build;
 pub mod ctl;
 pub mod duration;
 #[cfg(feature = "build")]

@@ -23,6 +23,8 @@ const USAGE: &str = "usage:
       talk to PID 1 through its control socket
   keel poweroff | reboot | halt
       ask PID 1 to shut the machine down (through /run/keel/initctl or a signal)
+  keel build MANIFEST -o OUTDIR [--store DIR]... [--keel PATH] [--check]
+      build a bootable kernel + initrd from a manifest and local OCI image layouts
   keel notify [--ready] [--status TEXT] [VAR=VALUE...]
       tell keel about this service through $NOTIFY_SOCKET (the sd_notify protocol)
   keel version";
@@ -38,6 +40,13 @@ fn main() -> ExitCode {
     match cmd {
         Some("notify") => notify(&args[1..]),
         Some("ctl") => keel::ctl::run(&args[1..]),
+        #[cfg(feature = "build")]
+        Some("build") => keel::build::run(&args[1..]),
+        #[cfg(not(feature = "build"))]
+        Some("build") => {
+            eprintln!("keel build: this keel was built without the image builder (feature `build`)");
+            ExitCode::from(2)
+        }
         Some("run") => run(&args[1..]),
         Some("init") => dev_init(&args[1..]),
         Some(req @ ("poweroff" | "reboot" | "halt")) => request(req),

@@ -1,0 +1,536 @@
+//! `keel build MANIFEST -o OUTDIR`: a manifest and local images -> a bootable kernel + initrd.
+//!
+//! Images come from OCI image layouts (`--store DIR`, repeatable, or `KEEL_STORES`, colon
+//! separated) or, for development, a plain directory (`image: ./rootfs`). Each container
+//! becomes a bundle under /containers/{onboot,services,onshutdown} with a generated
+//! config.json. The initrd is a newc cpio with sorted entries, fixed times and owners,
+//! gzip'd without a timestamp: the same inputs give the same bytes.
+
+use std::fs;
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::image::{cpio, oci};
+use crate::manifest::{self, Container, Manifest};
+use crate::spec::{self, ImageDefaults, Section};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Manifest(#[from] manifest::ManifestError),
+    #[error("{container}: image {image}: {source}")]
+    Image {
+        container: String,
+        image: String,
+        /// Boxed: an OCI error is large and this enum travels in every Result here.
+        source: Box<oci::OciError>,
+    },
+    #[error("{0}")]
+    Spec(#[from] spec::SpecError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("initrd: {0}")]
+    Cpio(#[from] cpio::CpioError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+type Result<T> = std::result::Result<T, BuildError>;
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
+    let path = path.to_path_buf();
+    move |source| BuildError::Io { what, path, source }
+}
+
+pub const USAGE: &str = "usage: keel build MANIFEST -o OUTDIR [--store DIR]... [--keel PATH] [--check]
+  builds OUTDIR/kernel, OUTDIR/initrd.img and OUTDIR/cmdline from MANIFEST
+  --store DIR   an OCI image layout to take images from (also KEEL_STORES=DIR:DIR)
+  --keel PATH   the static keel binary to boot as /init (default: KEEL_BIN, or this keel
+                when it is statically linked)
+  --check       validate the manifest and find its images; build nothing";
+
+pub struct Options {
+    pub manifest: PathBuf,
+    pub out: Option<PathBuf>,
+    pub stores: Vec<PathBuf>,
+    pub keel: Option<PathBuf>,
+    pub check: bool,
+}
+
+pub fn parse_args(args: &[String]) -> std::result::Result<Options, String> {
+    let mut o = Options {
+        manifest: PathBuf::new(),
+        out: None,
+        stores: Vec::new(),
+        keel: None,
+        check: false,
+    };
+    let mut manifest = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "-o" | "--output" => o.out = Some(PathBuf::from(value(a)?)),
+            "--store" => o.stores.push(PathBuf::from(value(a)?)),
+            "--keel" => o.keel = Some(PathBuf::from(value(a)?)),
+            "--check" => o.check = true,
+            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
+            s if manifest.is_none() => manifest = Some(PathBuf::from(s)),
+            s => return Err(format!("unexpected argument {s:?}")),
+        }
+    }
+    o.manifest = manifest.ok_or("no manifest given")?;
+    if o.out.is_none() && !o.check {
+        return Err("-o OUTDIR is required (or --check)".into());
+    }
+    if let Some(list) = std::env::var_os("KEEL_STORES") {
+        o.stores.extend(std::env::split_paths(&list));
+    }
+    Ok(o)
+}
+
+pub fn run(args: &[String]) -> ExitCode {
+    let opts = match parse_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("keel build: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match build(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel build: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Progress and results: one line per step (no redrawing, so logs stay readable).
+fn say(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "keel build: {msg}");
+}
+
+/// Where a container's image comes from.
+enum Source {
+    Dir(PathBuf),
+    Oci(Box<oci::Resolved>),
+}
+
+fn is_local(image: &str) -> bool {
+    image.starts_with('/') || image.starts_with("./") || image.starts_with("../")
+}
+
+fn find_image(image: &str, base: &Path, stores: &[oci::Store], container: &str) -> Result<Source> {
+    if is_local(image) {
+        let dir = base.join(image);
+        if !dir.is_dir() {
+            return Err(BuildError::Invalid(format!(
+                "{container}: image {image}: {} is not a directory",
+                dir.display()
+            )));
+        }
+        return Ok(Source::Dir(dir));
+    }
+    oci::resolve(stores, image)
+        .map(|r| Source::Oci(Box::new(r)))
+        .map_err(|source| BuildError::Image {
+            container: container.into(),
+            image: image.into(),
+            source: Box::new(source),
+        })
+}
+
+fn defaults(src: &Source) -> ImageDefaults {
+    match src {
+        Source::Dir(_) => ImageDefaults::default(),
+        Source::Oci(r) => ImageDefaults {
+            entrypoint: r.config.entrypoint.clone().unwrap_or_default(),
+            cmd: r.config.cmd.clone().unwrap_or_default(),
+            env: r.config.env.clone().unwrap_or_default(),
+            working_dir: r.config.working_dir.clone(),
+            user: r.config.user.clone(),
+        },
+    }
+}
+
+/// Copy a plain directory image: types, modes, owners, symlinks and device nodes kept.
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(src).map_err(io("cannot read", src))?;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let target = fs::read_link(src).map_err(io("cannot read link", src))?;
+        std::os::unix::fs::symlink(&target, dst).map_err(io("cannot create link", dst))?;
+    } else if ft.is_dir() {
+        fs::create_dir_all(dst).map_err(io("cannot create", dst))?;
+        let mut names: Vec<_> = fs::read_dir(src)
+            .map_err(io("cannot list", src))?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        for n in names {
+            copy_tree(&src.join(&n), &dst.join(&n))?;
+        }
+        fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(io("cannot chmod", dst))?;
+    } else if ft.is_file() {
+        fs::copy(src, dst).map_err(io("cannot copy", src))?;
+    } else {
+        let dev = meta.rdev() as libc::dev_t;
+        nix::sys::stat::mknod(
+            dst,
+            nix::sys::stat::SFlag::from_bits_truncate(meta.mode() & libc::S_IFMT),
+            nix::sys::stat::Mode::from_bits_truncate(meta.mode() & 0o7777),
+            dev,
+        )
+        .map_err(|e| BuildError::Io {
+            what: "cannot mknod",
+            path: dst.into(),
+            source: e.into(),
+        })?;
+    }
+    let _ = nix::unistd::fchownat(
+        None,
+        dst,
+        Some(nix::unistd::Uid::from_raw(meta.uid())),
+        Some(nix::unistd::Gid::from_raw(meta.gid())),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    );
+    Ok(())
+}
+
+/// The static keel binary to boot: given, from KEEL_BIN, or this one if it needs no loader.
+fn keel_binary(opts: &Options) -> Result<PathBuf> {
+    if let Some(k) = opts
+        .keel
+        .clone()
+        .or_else(|| std::env::var_os("KEEL_BIN").map(PathBuf::from))
+    {
+        return Ok(k);
+    }
+    let me = fs::read_link("/proc/self/exe").map_err(io("cannot read", Path::new("/proc/self/exe")))?;
+    let bytes = fs::read(&me).map_err(io("cannot read", &me))?;
+    if has_interpreter(&bytes) {
+        return Err(BuildError::Invalid(format!(
+            "{} is dynamically linked and cannot be /init: give --keel PATH (the static device build)",
+            me.display()
+        )));
+    }
+    Ok(me)
+}
+
+/// Does this ELF64 file have a PT_INTERP program header (a dynamic loader)?
+fn has_interpreter(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if elf.get(..4) != Some(b"\x7fELF") {
+        return true;
+    }
+    let (Some(phoff), Some(size), Some(num)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return true;
+    };
+    (0..num).any(|i| {
+        let at = phoff as usize + i * size;
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            == Some(3)
+    })
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = fs::File::open(path).map_err(io("cannot read", path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(io("cannot read", path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Warn about containers that give up part of the default sandbox.
+fn posture_warnings(m: &Manifest) {
+    for (section, c) in all(m) {
+        let at = format!("{section} {}", c.name);
+        if c.capabilities
+            .as_ref()
+            .is_some_and(|l| l.iter().any(|x| x == "all"))
+        {
+            say(&format!("warning: {at} runs with all capabilities"));
+        }
+        if c.seccomp.as_deref() == Some("unconfined") {
+            say(&format!("warning: {at} runs without a seccomp filter"));
+        }
+        if c.readonly == Some(false) {
+            say(&format!("warning: {at} has a writable root filesystem"));
+        }
+    }
+}
+
+/// Every container with its section, in boot order.
+fn all(m: &Manifest) -> Vec<(&'static str, &Container)> {
+    let mut v: Vec<(&'static str, &Container)> = Vec::new();
+    v.extend(m.onboot.iter().map(|c| ("onboot", c)));
+    v.extend(m.services.iter().map(|c| ("services", c)));
+    v.extend(m.onshutdown.iter().map(|c| ("onshutdown", c)));
+    v
+}
+
+pub fn build(opts: &Options) -> Result<()> {
+    let m = manifest::load(&opts.manifest)?;
+    let base = opts.manifest.parent().map(Path::to_path_buf).unwrap_or_default();
+    let stores: Vec<oci::Store> = opts
+        .stores
+        .iter()
+        .map(|d| {
+            oci::Store::open(d).map_err(|source| BuildError::Image {
+                container: "--store".into(),
+                image: d.display().to_string(),
+                source: Box::new(source),
+            })
+        })
+        .collect::<Result<_>>()?;
+    posture_warnings(&m);
+
+    // Every image first: a missing one fails the build before anything is written.
+    let mut plan = Vec::new();
+    for (section, c) in all(&m) {
+        let src = find_image(&c.image, &base, &stores, &format!("{section} {}", c.name))?;
+        let sec = match section {
+            "onboot" => Section::Onboot,
+            "services" => Section::Service,
+            _ => Section::Onshutdown,
+        };
+        let config = spec::generate(c, sec, &defaults(&src))?;
+        plan.push((section, c, src, config));
+    }
+    if opts.check {
+        say(&format!(
+            "{}: valid; {} containers, images found",
+            opts.manifest.display(),
+            plan.len()
+        ));
+        return Ok(());
+    }
+    let out = opts
+        .out
+        .clone()
+        .ok_or_else(|| BuildError::Invalid("no output directory".into()))?;
+    fs::create_dir_all(&out).map_err(io("cannot create", &out))?;
+    let stage = out.join(".stage");
+    let _ = fs::remove_dir_all(&stage);
+    fs::create_dir_all(&stage).map_err(io("cannot create", &stage))?;
+    let result = assemble(opts, &m, &base, &stores, plan, &stage, &out);
+    let _ = fs::remove_dir_all(&stage);
+    result
+}
+
+#[allow(clippy::type_complexity)]
+fn assemble(
+    opts: &Options,
+    m: &Manifest,
+    base: &Path,
+    stores: &[oci::Store],
+    plan: Vec<(&str, &Container, Source, serde_json::Value)>,
+    stage: &Path,
+    out: &Path,
+) -> Result<()> {
+    for dir in ["dev", "proc", "sys", "run", "tmp", "etc", "containers", "var/log"] {
+        fs::create_dir_all(stage.join(dir)).map_err(io("cannot create", stage))?;
+    }
+    let mk = |p: &str, kind: nix::sys::stat::SFlag, mode: u32, dev: u64| {
+        let path = stage.join(p);
+        nix::sys::stat::mknod(
+            &path,
+            kind,
+            nix::sys::stat::Mode::from_bits_truncate(mode),
+            dev as libc::dev_t,
+        )
+        .map_err(|e| BuildError::Io {
+            what: "cannot mknod",
+            path,
+            source: e.into(),
+        })
+    };
+    mk(
+        "dev/console",
+        nix::sys::stat::SFlag::S_IFCHR,
+        0o600,
+        libc::makedev(5, 1),
+    )?;
+    mk(
+        "dev/null",
+        nix::sys::stat::SFlag::S_IFCHR,
+        0o666,
+        libc::makedev(1, 3),
+    )?;
+    let keel = keel_binary(opts)?;
+    fs::copy(&keel, stage.join("init")).map_err(io("cannot copy", &keel))?;
+    fs::set_permissions(stage.join("init"), fs::Permissions::from_mode(0o755))
+        .map_err(io("cannot chmod", stage))?;
+
+    for image in &m.init {
+        let src = find_image(image, base, stores, "init")?;
+        unpack_into(&src, stage, &format!("init {image}"))?;
+    }
+    let mut counters = std::collections::HashMap::new();
+    for (section, c, src, config) in plan {
+        let n = counters.entry(section).or_insert(0usize);
+        let dir_name = match section {
+            "services" => c.name.clone(),
+            _ => format!("{:03}-{}", *n, c.name),
+        };
+        *n += 1;
+        let bundle = stage.join("containers").join(section).join(&dir_name);
+        let rootfs = bundle.join("rootfs");
+        unpack_into(&src, &rootfs, &format!("{section} {}", c.name))?;
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| BuildError::Invalid(e.to_string()))?;
+        fs::write(bundle.join("config.json"), json).map_err(io("cannot write", &bundle))?;
+    }
+    write_files(m, base, stage)?;
+
+    // The initrd: sorted, fixed times and owners, gzip without a timestamp.
+    let initrd = out.join("initrd.img");
+    let file = fs::File::create(&initrd).map_err(io("cannot create", &initrd))?;
+    let gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(file, flate2::Compression::best());
+    let gz = cpio::Writer::from_tree(stage, gz, 0)?;
+    gz.finish().map_err(io("cannot write", &initrd))?;
+    say(&format!(
+        "wrote {} ({} bytes)",
+        initrd.display(),
+        fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0)
+    ));
+
+    let mut artefacts = vec![initrd];
+    if let Some(k) = m.kernel.as_ref() {
+        if let Some(image) = &k.image {
+            let path = base.join(image);
+            if path.is_file() {
+                let dst = out.join("kernel");
+                fs::copy(&path, &dst).map_err(io("cannot copy", &path))?;
+                artefacts.push(dst);
+            } else {
+                say(&format!(
+                    "warning: kernel image {image} is not a local file; no kernel written"
+                ));
+            }
+        }
+        let cmdline = out.join("cmdline");
+        fs::write(&cmdline, format!("{}\n", k.cmdline.clone().unwrap_or_default()))
+            .map_err(io("cannot write", &cmdline))?;
+        artefacts.push(cmdline);
+    }
+    for a in artefacts {
+        println!("{}  {}", sha256_file(&a)?, a.display());
+    }
+    Ok(())
+}
+
+fn unpack_into(src: &Source, dst: &Path, what: &str) -> Result<()> {
+    match src {
+        Source::Dir(d) => copy_tree(d, dst),
+        Source::Oci(r) => {
+            let stats = oci::unpack(r, dst).map_err(|source| BuildError::Image {
+                container: what.into(),
+                image: r.reference.clone(),
+                source: Box::new(source),
+            })?;
+            if std::io::stderr().is_terminal() || std::env::var_os("KEEL_BUILD_VERBOSE").is_some() {
+                say(&format!(
+                    "{what}: {} layers, {} entries, {} bytes",
+                    stats.layers, stats.entries, stats.bytes
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The manifest's `files`: contents, a source file, a directory or a symlink.
+fn write_files(m: &Manifest, base: &Path, stage: &Path) -> Result<()> {
+    for f in &m.files {
+        let rel = f.path.trim_start_matches('/');
+        if rel.is_empty()
+            || Path::new(rel)
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(BuildError::Invalid(format!(
+                "files: path {:?} must stay inside the image",
+                f.path
+            )));
+        }
+        let path = stage.join(rel);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+        }
+        let mode =
+            match &f.mode {
+                Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
+                    BuildError::Invalid(format!("files: {}: mode {m:?} is not octal", f.path))
+                })?),
+                None => None,
+            };
+        if f.directory {
+            fs::create_dir_all(&path).map_err(io("cannot create", &path))?;
+        } else if let Some(target) = &f.symlink {
+            let _ = fs::remove_file(&path);
+            std::os::unix::fs::symlink(target, &path).map_err(io("cannot create link", &path))?;
+            continue;
+        } else if let Some(contents) = &f.contents {
+            fs::write(&path, contents).map_err(io("cannot write", &path))?;
+        } else if let Some(source) = &f.source {
+            let src = base.join(source);
+            match fs::copy(&src, &path) {
+                Ok(_) => {}
+                Err(_) if f.optional => continue,
+                Err(e) => {
+                    return Err(BuildError::Io {
+                        what: "cannot copy",
+                        path: src,
+                        source: e,
+                    })
+                }
+            }
+        } else if f.metadata.is_some() {
+            return Err(BuildError::Invalid(format!(
+                "files: {}: metadata is not supported yet",
+                f.path
+            )));
+        } else {
+            return Err(BuildError::Invalid(format!(
+                "files: {}: needs contents, source, directory or symlink",
+                f.path
+            )));
+        }
+        let perm = mode.unwrap_or(if f.directory { 0o755 } else { 0o644 });
+        fs::set_permissions(&path, fs::Permissions::from_mode(perm)).map_err(io("cannot chmod", &path))?;
+        let _ = nix::unistd::chown(
+            &path,
+            Some(nix::unistd::Uid::from_raw(f.uid.unwrap_or(0))),
+            Some(nix::unistd::Gid::from_raw(f.gid.unwrap_or(0))),
+        );
+    }
+    Ok(())
+}
