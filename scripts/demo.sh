@@ -3,7 +3,9 @@
 # supervised, then a graceful poweroff. Sets everything up on a fresh Debian machine (root).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
-img="$top/target/demo/initrd.img"
-"$top/scripts/build-image.sh" "$top/examples/demo" "$img" "$KEEL_BIN"
+"$top/scripts/busybox-rootfs.sh" "$top/examples/demo/busybox"
+(cd "$top" && cargo build --quiet)
+out="$top/target/demo"
+"$top/target/debug/keel" build "$top/examples/demo/keel.yml" -o "$out" --keel "$KEEL_BIN"
 echo "demo: booting (serial console below; the VM powers itself off)" >&2
-exec "$top/scripts/run-qemu.sh" "$KEEL_KERNEL" "$img" "$@"
+exec "$top/scripts/run-qemu.sh" "$KEEL_KERNEL" "$out/initrd.img" "$@"
