@@ -154,11 +154,16 @@ impl Outputs {
         Some((n / 2, STREAMS[n % 2]))
     }
 
-    /// Read what is there (up to a budget); on end-of-file the pipe is closed.
-    pub fn read(&mut self, id: usize, stream: Stream, epoll: &Epoll, now: Duration) {
-        let Some(u) = self.units.get_mut(id) else { return };
+    /// Read what is there, up to a budget; on end-of-file the pipe is closed. True when the
+    /// budget ran out before the pipe was empty.
+    pub fn read(&mut self, id: usize, stream: Stream, epoll: &Epoll, now: Duration) -> bool {
+        let Some(u) = self.units.get_mut(id) else {
+            return false;
+        };
         let i = stream_index(stream);
-        let Some(pipe) = u.pipes[i].as_mut() else { return };
+        let Some(pipe) = u.pipes[i].as_mut() else {
+            return false;
+        };
         let mut buf = [0u8; 4096];
         let mut total = 0;
         let mut eof = false;
@@ -187,32 +192,19 @@ impl Outputs {
         if eof {
             self.finish(id, i, epoll, now);
         }
+        !eof && total >= READ_BUDGET
     }
 
-    /// The unit's run is over: read what is left in its pipes, then close them.
+    /// The unit's run is over: read what is left in its pipes, then close them. Bounded, in
+    /// case something that outlived the container still holds a pipe and keeps writing.
     pub fn close(&mut self, id: usize, epoll: &Epoll, now: Duration) {
         for s in STREAMS {
-            // Whatever a dead container wrote is in the pipe already: drain it (bounded, in
-            // case something that survived it keeps writing).
-            let mut rounds = 0;
-            while self
-                .units
-                .get(id)
-                .is_some_and(|u| u.pipes[stream_index(s)].is_some())
-            {
-                rounds += 1;
-                if rounds > 16 {
-                    self.finish(id, stream_index(s), epoll, now);
+            for _ in 0..16 {
+                if !self.read(id, s, epoll, now) {
                     break;
                 }
-                let before = self.units[id].ring.last_seq();
-                self.read(id, s, epoll, now);
-                let pipe_open = self.units[id].pipes[stream_index(s)].is_some();
-                if pipe_open && self.units[id].ring.last_seq() == before {
-                    // Nothing more to read now (a leftover child may still hold the pipe).
-                    self.finish(id, stream_index(s), epoll, now);
-                }
             }
+            self.finish(id, stream_index(s), epoll, now);
         }
     }
 

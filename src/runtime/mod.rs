@@ -155,6 +155,28 @@ fn oci_error(e: oci_spec::OciSpecError) -> String {
     }
 }
 
+/// Run a libcontainer create or exec, which forks from the caller, with the caller's state
+/// set for the child and put back afterwards. The child inherits the caller's
+/// oom_score_adj unless its spec sets one (libcontainer writes that into the caller itself);
+/// PID 1 runs at -1000, and a container inheriting that could never be OOM-killed, so 0 is
+/// ours to write. libcontainer may also move the caller's cwd.
+fn as_parent_of<T>(child_oom: Option<i32>, f: impl FnOnce() -> T) -> T {
+    const PATH: &str = "/proc/self/oom_score_adj";
+    let own = fs::read_to_string(PATH).ok();
+    let own = own.as_deref().map(str::trim);
+    if child_oom.is_none() && own != Some("0") {
+        let _ = fs::write(PATH, "0");
+    }
+    let r = f();
+    if let Some(own) = own {
+        if own != child_oom.unwrap_or(0).to_string() {
+            let _ = fs::write(PATH, own);
+        }
+    }
+    let _ = nix::unistd::chdir("/");
+    r
+}
+
 /// Load and check a bundle's config.json; errors name the file and what is wrong.
 pub fn load_spec(bundle: &Path) -> Result<Spec> {
     let path = bundle.join("config.json");
@@ -233,10 +255,6 @@ impl Runtime {
         })
     }
 
-    pub fn state_root(&self) -> &Path {
-        &self.state_root
-    }
-
     /// Create and start the container of `bundle`; returns once its process is running.
     pub fn run(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Handle> {
         let mut handle = self.create(id, bundle, stdio)?;
@@ -278,15 +296,7 @@ impl Runtime {
             true => spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()),
             false => Some(self.default_cgroup(id)),
         };
-        // The container inherits the caller's oom_score_adj unless its spec sets one, and
-        // PID 1 runs at -1000: without this every container would be unkillable by the OOM
-        // killer. libcontainer writes a spec value into the caller itself; 0 is ours to write.
-        let own_oom = fs::read_to_string("/proc/self/oom_score_adj").ok();
         let child_oom = spec.process().as_ref().and_then(|p| p.oom_score_adj());
-        if child_oom.is_none() && own_oom.as_deref().map(str::trim) != Some("0") {
-            let _ = fs::write("/proc/self/oom_score_adj", "0");
-        }
-
         let mut builder =
             ContainerBuilder::new(id.to_string(), SyscallType::default()).with_executor(KeelExecutor);
         builder = guarded(id, "create", || builder.with_root_path(&self.state_root))?;
@@ -300,17 +310,11 @@ impl Runtime {
             builder = builder.with_stderr(fd);
         }
         let from = patched_bundle.clone().unwrap_or_else(|| bundle.clone());
-        let built = guarded(id, "create", || {
-            builder.as_init(&from).with_systemd(false).build()
+        let built = as_parent_of(child_oom, || {
+            guarded(id, "create", || {
+                builder.as_init(&from).with_systemd(false).build()
+            })
         });
-
-        // Undo what the create did to the caller: its oom_score_adj, and maybe its cwd.
-        if let Some(own) = own_oom.as_deref().map(str::trim) {
-            if own != child_oom.map(|v| v.to_string()).as_deref().unwrap_or("0") {
-                let _ = fs::write("/proc/self/oom_score_adj", own);
-            }
-        }
-        let _ = nix::unistd::chdir("/");
 
         let container = match built {
             Ok(c) => c,
@@ -439,7 +443,6 @@ impl Runtime {
                     source,
                 })
         };
-        let own_oom = fs::read_to_string("/proc/self/oom_score_adj").ok();
         let mut builder =
             ContainerBuilder::new(id.to_string(), SyscallType::default()).with_executor(KeelExecutor);
         builder = guarded(id, "exec", || builder.with_root_path(&self.state_root))?;
@@ -447,21 +450,11 @@ impl Runtime {
             .with_stdin(null()?)
             .with_stdout(null()?)
             .with_stderr(null()?);
-        // Same as for the container itself: the exec must not inherit PID 1's -1000.
-        let _ = fs::write("/proc/self/oom_score_adj", "0");
-        let r = guarded(id, "exec", || {
-            builder.as_tenant().with_container_args(args.to_vec()).build()
-        });
-        if let Some(own) = own_oom {
-            let _ = fs::write("/proc/self/oom_score_adj", own.trim());
-        }
-        let _ = nix::unistd::chdir("/");
-        r
-    }
-
-    /// Release a created container's init so it execs the workload.
-    pub fn start(&self, handle: &mut Handle) -> Result<()> {
-        guarded(&handle.id, "start", || handle.container.start())
+        as_parent_of(None, || {
+            guarded(id, "exec", || {
+                builder.as_tenant().with_container_args(args.to_vec()).build()
+            })
+        })
     }
 
     /// Signal the container's init process only (the OCI `kill` default).

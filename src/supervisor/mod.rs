@@ -386,10 +386,6 @@ impl Machine {
         None
     }
 
-    pub fn spec(&self, id: UnitId) -> &UnitSpec {
-        &self.units[id].spec
-    }
-
     pub fn state(&self, id: UnitId) -> &UnitState {
         &self.units[id].state
     }
@@ -418,14 +414,6 @@ impl Machine {
 
     pub fn find(&self, name: &str) -> Option<UnitId> {
         self.ids(Kind::Service).find(|&i| self.units[i].spec.name == name)
-    }
-
-    pub fn len(&self) -> usize {
-        self.units.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.units.is_empty()
     }
 
     pub fn finished(&self) -> bool {
