@@ -128,3 +128,39 @@ fn check_reports_bad_manifests_and_missing_images() {
         "{err}"
     );
 }
+
+#[test]
+fn files_are_never_written_through_a_symlink_in_the_image() {
+    require_root();
+    let keel_bin = std::env::var("KEEL_BIN").expect("KEEL_BIN: the static keel (scripts/test.sh sets it)");
+    let d = scratch("build-files");
+    // An "init" image whose opt is an absolute link to a directory outside the build.
+    let victim = d.join("host-etc");
+    fs::create_dir_all(&victim).unwrap();
+    let img = d.join("initimg");
+    fs::create_dir_all(&img).unwrap();
+    std::os::unix::fs::symlink(&victim, img.join("opt")).unwrap();
+    let m = d.join("keel.yml");
+    fs::write(
+        &m,
+        "init: [./initimg]\nfiles:\n  - path: opt/app/conf\n    contents: pwned\n",
+    )
+    .unwrap();
+    let o = keel_build(&[
+        m.to_str().unwrap(),
+        "-o",
+        d.join("out").to_str().unwrap(),
+        "--keel",
+        &keel_bin,
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "built through a symlink: {err}");
+    assert!(
+        err.contains("files: opt/app/conf") && err.contains("is a symlink in the image"),
+        "{err}"
+    );
+    assert!(
+        fs::read_dir(&victim).unwrap().next().is_none(),
+        "wrote outside the image"
+    );
+}

@@ -166,6 +166,17 @@ fn defaults(src: &Source) -> ImageDefaults {
 fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     let meta = fs::symlink_metadata(src).map_err(io("cannot read", src))?;
     let ft = meta.file_type();
+    // Images copied over each other: what is at dst is replaced, a symlink never followed.
+    if let Ok(existing) = fs::symlink_metadata(dst) {
+        if !(existing.is_dir() && ft.is_dir()) {
+            let gone = if existing.is_dir() {
+                fs::remove_dir_all(dst)
+            } else {
+                fs::remove_file(dst)
+            };
+            gone.map_err(io("cannot replace", dst))?;
+        }
+    }
     if ft.is_symlink() {
         let target = fs::read_link(src).map_err(io("cannot read link", src))?;
         std::os::unix::fs::symlink(&target, dst).map_err(io("cannot create link", dst))?;
@@ -354,44 +365,35 @@ fn assemble(
     stage: &Path,
     out: &Path,
 ) -> Result<()> {
-    for dir in ["dev", "proc", "sys", "run", "tmp", "etc", "containers", "var/log"] {
-        fs::create_dir_all(stage.join(dir)).map_err(io("cannot create", stage))?;
+    // Images of files first; then what keel needs, never through a link they contain.
+    for image in &m.init {
+        let src = find_image(image, base, stores, "init")?;
+        unpack_into(&src, stage, &format!("init {image}"))?;
     }
-    let mk = |p: &str, kind: nix::sys::stat::SFlag, mode: u32, dev: u64| {
-        let path = stage.join(p);
+    let at = |rel: &str| inside(stage, rel).map_err(|why| BuildError::Invalid(format!("{rel}: {why}")));
+    for dir in ["dev", "proc", "sys", "run", "tmp", "etc", "containers", "var/log"] {
+        let path = at(dir)?;
+        fs::create_dir_all(&path).map_err(io("cannot create", &path))?;
+    }
+    for (rel, mode, major, minor) in [("dev/console", 0o600, 5, 1), ("dev/null", 0o666, 1, 3)] {
+        let path = at(rel)?;
+        let _ = fs::remove_file(&path);
         nix::sys::stat::mknod(
             &path,
-            kind,
+            nix::sys::stat::SFlag::S_IFCHR,
             nix::sys::stat::Mode::from_bits_truncate(mode),
-            dev as libc::dev_t,
+            libc::makedev(major, minor),
         )
         .map_err(|e| BuildError::Io {
             what: "cannot mknod",
             path,
             source: e.into(),
-        })
-    };
-    mk(
-        "dev/console",
-        nix::sys::stat::SFlag::S_IFCHR,
-        0o600,
-        libc::makedev(5, 1),
-    )?;
-    mk(
-        "dev/null",
-        nix::sys::stat::SFlag::S_IFCHR,
-        0o666,
-        libc::makedev(1, 3),
-    )?;
-    let keel = keel_binary(opts)?;
-    fs::copy(&keel, stage.join("init")).map_err(io("cannot copy", &keel))?;
-    fs::set_permissions(stage.join("init"), fs::Permissions::from_mode(0o755))
-        .map_err(io("cannot chmod", stage))?;
-
-    for image in &m.init {
-        let src = find_image(image, base, stores, "init")?;
-        unpack_into(&src, stage, &format!("init {image}"))?;
+        })?;
     }
+    let keel = keel_binary(opts)?;
+    let init = at("init")?;
+    fs::copy(&keel, &init).map_err(io("cannot copy", &keel))?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).map_err(io("cannot chmod", &init))?;
     let mut counters = std::collections::HashMap::new();
     for (section, c, src, config) in plan {
         let n = counters.entry(section).or_insert(0usize);
@@ -400,7 +402,7 @@ fn assemble(
             _ => format!("{:03}-{}", *n, c.name),
         };
         *n += 1;
-        let bundle = stage.join("containers").join(section).join(&dir_name);
+        let bundle = at(&format!("containers/{section}/{dir_name}"))?;
         let rootfs = bundle.join("rootfs");
         unpack_into(&src, &rootfs, &format!("{section} {}", c.name))?;
         let json = serde_json::to_vec_pretty(&config).map_err(|e| BuildError::Invalid(e.to_string()))?;
@@ -467,6 +469,32 @@ fn unpack_into(src: &Source, dst: &Path, what: &str) -> Result<()> {
     }
 }
 
+/// `stage/rel` with its parent directories created, never through a symlink: an image
+/// unpacked into the root may hold absolute links (`etc -> /etc`) that, followed here, would
+/// write on the build host. A symlink at the path itself is replaced, not followed.
+fn inside(stage: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
+    let mut at = stage.to_path_buf();
+    let parts: Vec<_> = Path::new(rel).components().collect();
+    for (i, c) in parts.iter().enumerate() {
+        at.push(c);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() && i + 1 < parts.len() => {
+                return Err(format!(
+                    "{} is a symlink in the image; files are not written through links",
+                    at.display()
+                ))
+            }
+            Ok(m) if m.file_type().is_symlink() => fs::remove_file(&at).map_err(|e| e.to_string())?,
+            Ok(_) => {}
+            Err(_) if i + 1 < parts.len() => {
+                fs::create_dir(&at).map_err(|e| format!("cannot create {}: {e}", at.display()))?
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(at)
+}
+
 /// The manifest's `files`: contents, a source file, a directory or a symlink.
 fn write_files(m: &Manifest, base: &Path, stage: &Path) -> Result<()> {
     for f in &m.files {
@@ -481,10 +509,8 @@ fn write_files(m: &Manifest, base: &Path, stage: &Path) -> Result<()> {
                 f.path
             )));
         }
-        let path = stage.join(rel);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
-        }
+        let path =
+            inside(stage, rel).map_err(|why| BuildError::Invalid(format!("files: {}: {why}", f.path)))?;
         let mode =
             match &f.mode {
                 Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
