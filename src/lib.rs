@@ -11,6 +11,7 @@ pub mod logging;
 #[cfg(feature = "build")]
 pub mod manifest;
 pub mod runtime;
+pub mod seccomp;
 #[cfg(feature = "build")]
 pub mod spec;
 pub mod supervisor;

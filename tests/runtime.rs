@@ -205,3 +205,108 @@ fn duplicate_id_is_refused_while_running() {
     assert_eq!(first.wait().unwrap().code(), Some(0));
     assert_clean(&state, "dup");
 }
+
+/// A bundle whose script reports the seccomp mode and whether it may create a user
+/// namespace and make a directory.
+fn seccomp_probe(dir: &Path) -> std::path::PathBuf {
+    let b = busybox_bundle(
+        dir,
+        "grep '^Seccomp:' /proc/self/status; \
+         unshare -U true 2>/dev/null && echo userns-allowed || echo userns-denied; \
+         mkdir /tmp/d 2>/dev/null && echo mkdir-allowed || echo mkdir-denied",
+    );
+    fs::create_dir_all(b.join("rootfs/proc")).unwrap();
+    fs::create_dir_all(b.join("rootfs/tmp")).unwrap();
+    for applet in ["grep", "unshare", "true", "mkdir"] {
+        std::os::unix::fs::symlink("busybox", b.join("rootfs/bin").join(applet)).unwrap();
+    }
+    b
+}
+
+fn stdout_of(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn seccomp_defaults_on_and_can_be_lifted_or_replaced() {
+    require_root();
+    let d = scratch("rt-seccomp");
+    let state = d.join("state");
+    // No linux.seccomp: keel's default profile.
+    let b = seccomp_probe(&d.join("default"));
+    let out = stdout_of(&keel_run(&state, "sc-default", &b));
+    assert_eq!(out, "Seccomp: 2 userns-denied mkdir-allowed");
+
+    // The annotation lifts it.
+    let b = seccomp_probe(&d.join("unconfined"));
+    edit_config(&b, |s| {
+        s["annotations"] = serde_json::json!({"org.keel.seccomp": "unconfined"})
+    });
+    let out = stdout_of(&keel_run(&state, "sc-unconfined", &b));
+    assert_eq!(out, "Seccomp: 0 userns-allowed mkdir-allowed");
+
+    // An explicit profile replaces it: everything allowed but mkdir.
+    let b = seccomp_probe(&d.join("profile"));
+    edit_config(&b, |s| {
+        s["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]})
+    });
+    let out = stdout_of(&keel_run(&state, "sc-profile", &b));
+    assert_eq!(out, "Seccomp: 2 userns-allowed mkdir-denied");
+    for id in ["sc-default", "sc-unconfined", "sc-profile"] {
+        assert_clean(&state, id);
+    }
+}
+
+#[test]
+fn seccomp_problems_are_named_before_anything_runs() {
+    require_root();
+    let d = scratch("rt-seccomp-bad");
+    let state = d.join("state");
+    // Without no_new_privs the filter would need CAP_SYS_ADMIN.
+    let b = seccomp_probe(&d.join("nnp"));
+    edit_config(&b, |s| s["process"]["noNewPrivileges"] = serde_json::json!(false));
+    let out = keel_run(&state, "sc-nnp", &b);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("noNewPrivileges"),
+        "{err}"
+    );
+
+    let b = seccomp_probe(&d.join("notify"));
+    edit_config(&b, |s| {
+        s["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_NOTIFY"})
+    });
+    let out = keel_run(&state, "sc-notify", &b);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("SCMP_ACT_NOTIFY"),
+        "{err}"
+    );
+
+    let b = seccomp_probe(&d.join("word"));
+    edit_config(&b, |s| {
+        s["annotations"] = serde_json::json!({"org.keel.seccomp": "off"})
+    });
+    let out = keel_run(&state, "sc-word", &b);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("org.keel.seccomp") && err.contains("\"off\""),
+        "{err}"
+    );
+    for id in ["sc-nnp", "sc-notify", "sc-word"] {
+        assert_clean(&state, id);
+    }
+}

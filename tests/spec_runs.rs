@@ -1,5 +1,5 @@
 //! A config.json generated from a manifest entry runs as it is, under runc and under keel's
-//! embedded runtime, and the default posture holds inside the container.
+//! embedded runtime, and the default posture (seccomp included) holds inside the container.
 
 mod common;
 
@@ -18,6 +18,9 @@ echo x > /tmp/ok || exit 14
 [ -s /proc/kcore ] && exit 15
 echo 1 > /proc/sys/kernel/hostname 2>/dev/null && exit 16
 [ "$(hostname)" = probe ] || exit 17
+grep -q '^Seccomp:[[:space:]]*2$' /proc/self/status || exit 18
+unshare -U true 2>/dev/null && exit 19
+unshare -n true 2>/dev/null && exit 20
 exit 0
 "#;
 
@@ -26,7 +29,7 @@ fn bundle(name: &str) -> std::path::PathBuf {
     let d = scratch("spec-runs");
     let b = busybox_bundle(&d.join("b"), PROBE);
     let rootfs_bin = b.join("rootfs/bin");
-    for applet in ["grep", "touch", "hostname"] {
+    for applet in ["grep", "touch", "hostname", "unshare", "true"] {
         std::os::unix::fs::symlink("busybox", rootfs_bin.join(applet)).unwrap();
     }
     for dir in ["proc", "dev", "sys", "tmp", "run"] {

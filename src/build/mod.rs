@@ -331,7 +331,16 @@ pub fn build(opts: &Options) -> Result<()> {
             "services" => Section::Service,
             _ => Section::Onshutdown,
         };
-        let config = spec::generate(c, sec, &defaults(&src))?;
+        // A seccomp profile path is relative to the manifest, like a directory image.
+        let mut resolved = c.clone();
+        if let Some(p) = resolved
+            .seccomp
+            .as_mut()
+            .filter(|p| !matches!(p.as_str(), "default" | "unconfined"))
+        {
+            *p = base.join(&*p).display().to_string();
+        }
+        let config = spec::generate(&resolved, sec, &defaults(&src))?;
         plan.push((section, c, src, config));
     }
     if opts.check {

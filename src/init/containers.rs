@@ -241,6 +241,11 @@ fn apply(spec: &mut UnitSpec, key: &str, text: &str) -> Result<(), String> {
                 _ => return Err("expected true or false".into()),
             }
         }
+        // Read by the runtime when it creates the container (a bad value fails the start).
+        "seccomp" => match text {
+            "default" | "unconfined" => {}
+            _ => return Err("expected default or unconfined".into()),
+        },
         _ => return Err("unknown keel annotation".into()),
     }
     Ok(())

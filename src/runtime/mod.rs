@@ -20,7 +20,9 @@ use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{Capability, Spec};
+
+use crate::seccomp::{self, Filter, Profile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -39,6 +41,11 @@ pub enum RuntimeError {
         id: String,
         sig: Signal,
         source: nix::Error,
+    },
+    #[error("{path}: {source}")]
+    Seccomp {
+        path: PathBuf,
+        source: seccomp::SeccompError,
     },
     #[error("{what} {path}: {source}")]
     Io {
@@ -69,6 +76,8 @@ pub struct Handle {
     pub cgroup: Option<PathBuf>,
     container: Container,
     patched_bundle: Option<PathBuf>,
+    /// The bundle as given, for the seccomp filter of execs into the container.
+    bundle: PathBuf,
 }
 
 /// Where in a container the sd_notify socket directory is mounted.
@@ -85,15 +94,29 @@ pub struct Stdio {
 }
 
 /// Runs in the container's init right before execve: undo what PID 1's process state
-/// would otherwise leak into every container.
+/// would otherwise leak into every container, and install the seccomp filter (compiled in
+/// the parent) as the very last step, after the capabilities are dropped.
 #[derive(Clone)]
-struct KeelExecutor;
+struct KeelExecutor {
+    seccomp: Option<Filter>,
+}
 
 impl Executor for KeelExecutor {
     fn exec(&self, spec: &Spec) -> std::result::Result<(), ExecutorError> {
+        // The runtime's own errors from here on go nowhere: say it on the container's stderr.
+        let fail = |msg: String| {
+            let _ = io::Write::write_all(
+                &mut io::stderr(),
+                format!("keel: container init: {msg}\n").as_bytes(),
+            );
+            ExecutorError::Other(msg)
+        };
         // PID 1 blocks signals to read them from a signalfd; a blocked mask survives execve.
         signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-            .map_err(|e| ExecutorError::Other(format!("cannot reset the signal mask: {e}")))?;
+            .map_err(|e| fail(format!("cannot reset the signal mask: {e}")))?;
+        if let Some(f) = &self.seccomp {
+            f.install().map_err(|e| fail(e.to_string()))?;
+        }
         DefaultExecutor {}.exec(spec)
     }
 
@@ -239,6 +262,66 @@ fn executable_exists(rootfs: &Path, exe: &str, env: &[String]) -> bool {
     path.split(':').any(|dir| exists(&format!("{dir}/{exe}")))
 }
 
+/// Annotation that lifts keel's default seccomp profile from a bundle without
+/// `linux.seccomp`: `org.keel.seccomp=unconfined`.
+pub const SECCOMP_ANNOTATION: &str = "org.keel.seccomp";
+
+/// The seccomp filter a container gets: its `linux.seccomp`, or keel's default profile
+/// for its capabilities when it has none, unless its annotation says `unconfined`.
+pub fn seccomp_filter(bundle: &Path, spec: &Spec) -> Result<Option<Filter>> {
+    let path = bundle.join("config.json");
+    let fail = |source| RuntimeError::Seccomp {
+        path: path.clone(),
+        source,
+    };
+    let process = spec.process().as_ref();
+    let caps = |set: fn(
+        &oci_spec::runtime::LinuxCapabilities,
+    ) -> &Option<std::collections::HashSet<Capability>>|
+     -> Vec<String> {
+        process
+            .and_then(|p| p.capabilities().as_ref())
+            .and_then(|c| set(c).as_ref())
+            .map(|s| s.iter().map(|c| format!("CAP_{c}")).collect())
+            .unwrap_or_default()
+    };
+    let (profile, flags) = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(s) => Profile::from_oci(s).map_err(fail)?,
+        None => {
+            let annotation = spec
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get(SECCOMP_ANNOTATION))
+                .map(String::as_str);
+            match annotation {
+                Some("unconfined") => return Ok(None),
+                None | Some("default") => (seccomp::default_profile(&caps(|c| c.bounding())), 0),
+                Some(other) => {
+                    return Err(RuntimeError::Config {
+                        path,
+                        msg: format!(
+                            "annotation {SECCOMP_ANNOTATION}={other:?}: expected default or unconfined \
+                             (a profile goes into linux.seccomp)"
+                        ),
+                    })
+                }
+            }
+        }
+    };
+    // Without no_new_privs, installing a filter takes CAP_SYS_ADMIN, and the filter goes in
+    // after the capabilities are set.
+    let nnp = process.and_then(|p| p.no_new_privileges()) == Some(true);
+    if !nnp && !caps(|c| c.effective()).iter().any(|c| c == "CAP_SYS_ADMIN") {
+        return Err(RuntimeError::Config {
+            path,
+            msg: "a seccomp filter needs process.noNewPrivileges (or CAP_SYS_ADMIN in the effective set); \
+                  set noNewPrivileges, or annotate org.keel.seccomp=unconfined"
+                .into(),
+        });
+    }
+    profile.compile(flags).map(Some).map_err(fail)
+}
+
 impl Runtime {
     pub fn new(state_root: impl Into<PathBuf>, cgroup_parent: &str) -> Result<Self> {
         let state_root = state_root.into();
@@ -282,6 +365,9 @@ impl Runtime {
             path: bundle.into(),
             source,
         })?;
+        let executor = KeelExecutor {
+            seccomp: seccomp_filter(&bundle, &spec)?,
+        };
         // libcontainer needs an absolute cgroup path (a relative one means systemd).
         let cgroup_ok = spec
             .linux()
@@ -298,7 +384,7 @@ impl Runtime {
         };
         let child_oom = spec.process().as_ref().and_then(|p| p.oom_score_adj());
         let mut builder =
-            ContainerBuilder::new(id.to_string(), SyscallType::default()).with_executor(KeelExecutor);
+            ContainerBuilder::new(id.to_string(), SyscallType::default()).with_executor(executor);
         builder = guarded(id, "create", || builder.with_root_path(&self.state_root))?;
         if let Some(fd) = stdio.stdin {
             builder = builder.with_stdin(fd);
@@ -332,6 +418,7 @@ impl Runtime {
                     cgroup: None,
                     container,
                     patched_bundle,
+                    bundle,
                 };
                 self.delete(h).ok();
                 return Err(RuntimeError::Runtime {
@@ -347,6 +434,7 @@ impl Runtime {
             cgroup,
             container,
             patched_bundle,
+            bundle,
         })
     }
 
@@ -443,8 +531,13 @@ impl Runtime {
                     source,
                 })
         };
+        // The same filter as the container's own process: an exec is no way around it.
+        let spec = load_spec(&handle.bundle)?;
+        let executor = KeelExecutor {
+            seccomp: seccomp_filter(&handle.bundle, &spec)?,
+        };
         let mut builder =
-            ContainerBuilder::new(id.to_string(), SyscallType::default()).with_executor(KeelExecutor);
+            ContainerBuilder::new(id.to_string(), SyscallType::default()).with_executor(executor);
         builder = guarded(id, "exec", || builder.with_root_path(&self.state_root))?;
         builder = builder
             .with_stdin(null()?)

@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 
 use crate::manifest::{Container, Namespace, Readiness, Restart};
 
+pub mod seccomp;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{container}: {field}: {msg}")]
 pub struct SpecError {
@@ -351,6 +353,15 @@ pub fn generate(c: &Container, section: Section, image: &ImageDefaults) -> Resul
     if let Some(p) = &c.rootfs_propagation {
         linux["rootfsPropagation"] = json!(p);
     }
+    // The filter PID 1 installs, written out so any OCI runtime applies the same one.
+    match c.seccomp.as_deref() {
+        None | Some("default") => linux["seccomp"] = seccomp::default_section(&caps),
+        Some("unconfined") => {}
+        Some(path) => {
+            linux["seccomp"] =
+                seccomp::from_file(std::path::Path::new(path), &caps).map_err(|e| err("seccomp", e))?
+        }
+    }
 
     let mut process = json!({
         "terminal": false,
@@ -446,8 +457,9 @@ fn annotations(c: &Container) -> BTreeMap<String, String> {
     if let Some(b) = c.console {
         set("console", b.to_string());
     }
-    if let Some(s) = &c.seccomp {
-        set("seccomp", s.clone());
+    // A profile travels in linux.seccomp; only its absence needs saying.
+    if c.seccomp.as_deref() == Some("unconfined") {
+        set("seccomp", "unconfined".into());
     }
     a
 }
