@@ -8,4 +8,7 @@ echo "env: building the static keel binary" >&2
 # No cgroup v1 support on the device: as PID 1 keel mounts pure cgroup v2.
 (cd "$top" && cargo build --release --target x86_64-unknown-linux-musl --no-default-features --quiet)
 KEEL_BIN="$top/target/x86_64-unknown-linux-musl/release/keel"
-export KEEL_KERNEL KEEL_STOCK_KERNEL KEEL_BIN
+echo "env: building the escape suite's static test program" >&2
+(cd "$top/tests/escape" && cargo build --release --target x86_64-unknown-linux-musl --quiet)
+KEEL_ESCAPE_BIN="$top/tests/escape/target/x86_64-unknown-linux-musl/release/keel-escape"
+export KEEL_KERNEL KEEL_STOCK_KERNEL KEEL_BIN KEEL_ESCAPE_BIN

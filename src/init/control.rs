@@ -1,4 +1,5 @@
-//! The control socket in PID 1. Root only (file mode and peer credentials), every client
+//! The control socket in PID 1. Root with CAP_SYS_BOOT only (file mode, peer credentials
+//! and the peer's capabilities), every client
 //! non-blocking with bounded buffers: a malformed request gets an error, an oversized one
 //! too, a client that stalls mid-request or does not read its answers is dropped, and
 //! there are never more than MAX_CLIENTS. Nothing a client does can block PID 1.
@@ -50,6 +51,25 @@ pub enum Answer {
     Follow(Response, usize, u64),
 }
 
+const CAP_SYS_BOOT: u32 = 22;
+
+/// Does the peer hold CAP_SYS_BOOT? Stopping services and powering off is what that
+/// capability names; a container that binds the socket but was not granted it is refused.
+/// PID 0 is a peer outside our PID namespace (development mode's host): an ancestor.
+fn may_control(pid: i32) -> bool {
+    if pid == 0 {
+        return true;
+    }
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_BOOT) != 0)
+}
+
 impl Control {
     pub fn open(path: &Path, epoll: &Epoll) -> Result<Control, String> {
         if let Some(dir) = path.parent() {
@@ -87,11 +107,14 @@ impl Control {
                 let _ = s.write(&encode(&Response::Err(why.into())));
             };
             // The socket is 0600 already; a caller that got a descriptor some other way
-            // must still be root.
+            // must still be root, and hold the power the requests amount to.
             match getsockopt(&stream, PeerCredentials) {
-                Ok(c) if c.uid() == 0 => {}
+                Ok(c) if c.uid() == 0 && may_control(c.pid()) => {}
                 _ => {
-                    refuse(stream, "permission denied: the control socket is for root");
+                    refuse(
+                        stream,
+                        "permission denied: the control socket is for root with CAP_SYS_BOOT",
+                    );
                     continue;
                 }
             }

@@ -191,6 +191,10 @@ fn boot(root: &Path, dev_cmdline: Option<String>) -> Options {
             if let Err(e) = system::enable_controllers(&ours) {
                 log::warn!("{e}");
             }
+            match system::limit_containers(&ours) {
+                Ok((mem, pids)) => log::debug!("containers together: memory.max {mem}, pids.max {pids}"),
+                Err(e) => log::warn!("{e}; containers together are not limited"),
+            }
         }
         Err(e) => log::error!("{e}; containers get no resource control"),
     }

@@ -129,6 +129,46 @@ pub fn enable_controllers(cgroup: &Path) -> Result<Vec<String>, SystemError> {
     Ok(enabled)
 }
 
+/// What the containers together may not take from the machine: memory for PID 1, the
+/// kernel and a shell, and PIDs for PID 1 to fork with. A runaway container then meets the
+/// OOM killer of its own cgroup tree, never the machine's, and no fork bomb across
+/// services can leave PID 1 without a process slot.
+fn reserve(mem_total: u64, pid_max: u64) -> (u64, u64) {
+    let mem_reserve = (mem_total / 8).clamp(32 << 20, 256 << 20);
+    (
+        mem_total.saturating_sub(mem_reserve),
+        pid_max.saturating_sub(256).max(64),
+    )
+}
+
+/// Cap the cgroup all containers live under (see `reserve`); returns the limits set.
+pub fn limit_containers(cgroup: &Path) -> Result<(u64, u64), SystemError> {
+    let read = |p: &str| {
+        fs::read_to_string(p).map_err(|source| SystemError::Io {
+            what: "cannot read",
+            path: p.into(),
+            source,
+        })
+    };
+    let meminfo = read("/proc/meminfo")?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let pid_max: u64 = read("/proc/sys/kernel/pid_max")?.trim().parse().unwrap_or(32768);
+    let (mem, pids) = reserve(kib * 1024, pid_max);
+    for (file, value) in [("memory.max", mem), ("pids.max", pids)] {
+        let path = cgroup.join(file);
+        fs::write(&path, value.to_string()).map_err(|source| SystemError::Io {
+            what: "cannot write",
+            path,
+            source,
+        })?;
+    }
+    Ok((mem, pids))
+}
+
 /// Make sure fds 0, 1 and 2 are open (on /dev/null when the kernel gave us no console),
 /// so nothing PID 1 opens later lands on them.
 pub fn ensure_stdio() {
@@ -177,6 +217,16 @@ pub fn leave_initramfs() -> Result<bool, SystemError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn containers_leave_room_for_the_machine() {
+        let mib = 1 << 20;
+        // A small VM keeps 32 MiB, a big machine at most 256 MiB.
+        assert_eq!(reserve(256 * mib, 32768), (224 * mib, 32512));
+        assert_eq!(reserve(1024 * mib, 4_194_304), (896 * mib, 4_194_048));
+        assert_eq!(reserve(64 * 1024 * mib, 32768).0, (64 * 1024 - 256) * mib);
+        assert_eq!(reserve(0, 0), (0, 64));
+    }
 
     #[test]
     fn hostname_rules() {

@@ -383,15 +383,26 @@ pub fn generate(c: &Container, section: Section, image: &ImageDefaults) -> Resul
         process["oomScoreAdj"] = json!(adj);
     }
 
-    let spec = json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": process,
         "root": {"path": "rootfs", "readonly": c.readonly.unwrap_or(true)},
-        "hostname": c.hostname.clone().unwrap_or_else(|| c.name.clone()),
         "mounts": mounts,
         "linux": linux,
         "annotations": annotations(c),
     });
+    // A hostname needs a UTS namespace other than the host's.
+    let own_uts = !matches!(c.uts, Some(Namespace::Host));
+    match (&c.hostname, own_uts) {
+        (Some(_), false) => {
+            return Err(err(
+                "hostname",
+                "needs a UTS namespace (uts: host shares the host's)".into(),
+            ))
+        }
+        (h, true) => spec["hostname"] = json!(h.clone().unwrap_or_else(|| c.name.clone())),
+        (None, false) => {}
+    }
     // The result must be a spec the runtime (and oci-spec) accepts.
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
         .map_err(|e| err("(generated spec)", e.to_string()))?;

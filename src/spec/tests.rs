@@ -263,3 +263,18 @@ fn errors_name_the_container_and_the_field() {
         assert!(e.contains(want), "{yaml}: {e}");
     }
 }
+
+#[test]
+fn hostname_only_with_a_uts_namespace_of_its_own() {
+    let m = parse(
+        "services:\n  - {name: a, image: x, uts: host}\n  - {name: b, image: x, uts: host, hostname: h}\n  - {name: c, image: x}\n",
+        "t.yml",
+    )
+    .unwrap();
+    let s = generate(&m.services[0], Section::Service, &image()).unwrap();
+    assert!(s.get("hostname").is_none());
+    let e = generate(&m.services[1], Section::Service, &image()).unwrap_err();
+    assert_eq!(e.field, "hostname");
+    let s = generate(&m.services[2], Section::Service, &image()).unwrap();
+    assert_eq!(s["hostname"], "c");
+}
