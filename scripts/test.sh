@@ -10,4 +10,7 @@ cargo fmt --all -- --check
 echo "test: cargo clippy" >&2
 cargo clippy --all-targets --quiet -- -D warnings
 echo "test: cargo test" >&2
+rm -f target/escape-report.md
 cargo test --quiet -- --test-threads=2 "$@"
+# The escape suite's tables: what each container tried and what happened.
+if [ -f target/escape-report.md ]; then cat target/escape-report.md; fi

@@ -6,6 +6,8 @@ pub mod ctl;
 pub mod duration;
 #[cfg(feature = "build")]
 pub mod image;
+#[cfg(feature = "build")]
+pub mod kconfig;
 pub mod init;
 pub mod logging;
 #[cfg(feature = "build")]

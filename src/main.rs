@@ -25,6 +25,9 @@ const USAGE: &str = "usage:
       ask PID 1 to shut the machine down (through /run/keel/initctl or a signal)
   keel build MANIFEST -o OUTDIR [--store DIR]... [--keel PATH] [--check]
       build a bootable kernel + initrd from a manifest and local OCI image layouts
+  keel check-kernel [KERNEL_CONFIG]
+      compare a kernel configuration (default: the running kernel's) with keel's kernel
+      fragment: what the sandbox needs, and the hardening keel's kernel has
   keel notify [--ready] [--status TEXT] [VAR=VALUE...]
       tell keel about this service through $NOTIFY_SOCKET (the sd_notify protocol)
   keel version";
@@ -47,6 +50,8 @@ fn main() -> ExitCode {
             eprintln!("keel build: this keel was built without the image builder (feature `build`)");
             ExitCode::from(2)
         }
+        #[cfg(feature = "build")]
+        Some("check-kernel") => keel::kconfig::run(&args[1..]),
         Some("run") => run(&args[1..]),
         Some("init") => dev_init(&args[1..]),
         Some(req @ ("poweroff" | "reboot" | "halt")) => request(req),
