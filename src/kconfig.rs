@@ -92,7 +92,11 @@ fn running_config() -> Option<PathBuf> {
     if proc.exists() {
         return Some(proc);
     }
-    let release = nix::sys::utsname::uname().ok()?.release().to_string_lossy().into_owned();
+    let release = nix::sys::utsname::uname()
+        .ok()?
+        .release()
+        .to_string_lossy()
+        .into_owned();
     Some(PathBuf::from(format!("/boot/config-{release}"))).filter(|p| p.exists())
 }
 
@@ -101,7 +105,9 @@ pub fn run(args: &[String]) -> ExitCode {
         [] => match running_config() {
             Some(p) => p,
             None => {
-                eprintln!("keel check-kernel: no /proc/config.gz or /boot/config-$(uname -r); give a .config");
+                eprintln!(
+                    "keel check-kernel: no /proc/config.gz or /boot/config-$(uname -r); give a .config"
+                );
                 return ExitCode::from(2);
             }
         },
@@ -154,7 +160,9 @@ mod tests {
     #[test]
     fn the_fragment_lists_sections_and_both_kinds_of_line() {
         let e = expectations(FRAGMENT);
-        assert!(e.iter().any(|x| x.option == "CONFIG_SECCOMP_FILTER" && x.section.starts_with(REQUIRED)));
+        assert!(e
+            .iter()
+            .any(|x| x.option == "CONFIG_SECCOMP_FILTER" && x.section.starts_with(REQUIRED)));
         assert!(e.iter().any(|x| x.option == "CONFIG_KEXEC" && x.value.is_none()));
         assert!(e.iter().any(|x| x.section.starts_with("hardening")));
         assert!(e.len() > 90);
@@ -169,10 +177,16 @@ mod tests {
             value: v.map(String::from),
         };
         assert_eq!(verdict(&ex("CONFIG_A", Some("y")), &c), None);
-        assert!(verdict(&ex("CONFIG_B", Some("y")), &c).unwrap().contains("module"));
-        assert!(verdict(&ex("CONFIG_C", Some("y")), &c).unwrap().contains("not set"));
+        assert!(verdict(&ex("CONFIG_B", Some("y")), &c)
+            .unwrap()
+            .contains("module"));
+        assert!(verdict(&ex("CONFIG_C", Some("y")), &c)
+            .unwrap()
+            .contains("not set"));
         assert_eq!(verdict(&ex("CONFIG_C", None), &c), None);
         assert_eq!(verdict(&ex("CONFIG_D", Some("x")), &c), None);
-        assert!(verdict(&ex("CONFIG_E", None), &c).unwrap().contains("should not be set"));
+        assert!(verdict(&ex("CONFIG_E", None), &c)
+            .unwrap()
+            .contains("should not be set"));
     }
 }

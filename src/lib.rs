@@ -6,9 +6,9 @@ pub mod ctl;
 pub mod duration;
 #[cfg(feature = "build")]
 pub mod image;
+pub mod init;
 #[cfg(feature = "build")]
 pub mod kconfig;
-pub mod init;
 pub mod logging;
 #[cfg(feature = "build")]
 pub mod manifest;

@@ -31,20 +31,34 @@ fn distribution_kernel_gets_a_list_and_a_kernel_without_seccomp_fails() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("config-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("config-"))
+        })
         .expect("a /boot/config-* (scripts/setup.sh installs linux-image-amd64)");
     let o = check(&stock);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("(required): all"), "{out}");
-    assert!(out.contains("hardening") && out.contains("should not be set"), "{out}");
+    assert!(
+        out.contains("hardening") && out.contains("should not be set"),
+        "{out}"
+    );
 
     let text = std::fs::read_to_string(&stock).unwrap();
     let d = scratch("kcheck");
     let weak = d.join("config");
-    std::fs::write(&weak, text.replace("CONFIG_SECCOMP_FILTER=y", "# CONFIG_SECCOMP_FILTER is not set")).unwrap();
+    std::fs::write(
+        &weak,
+        text.replace("CONFIG_SECCOMP_FILTER=y", "# CONFIG_SECCOMP_FILTER is not set"),
+    )
+    .unwrap();
     let o = check(&weak);
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(out.contains("CONFIG_SECCOMP_FILTER: not set, want y") && out.contains("lacks what keel's sandbox needs"), "{out}");
+    assert!(
+        out.contains("CONFIG_SECCOMP_FILTER: not set, want y")
+            && out.contains("lacks what keel's sandbox needs"),
+        "{out}"
+    );
 }
