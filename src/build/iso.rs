@@ -80,9 +80,32 @@ pub fn write(kernel: &Path, initrd: &Path, cmdline: &str, stage: &Path, iso: &Pa
     let cfg = stage.join("isolinux/isolinux.cfg");
     fs::write(&cfg, isolinux_cfg(cmdline)?).map_err(io("cannot write", &cfg))?;
 
+    let epoch = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| EPOCH.into());
+    // The image records each file's and directory's time: all of them get the epoch.
+    let secs: i64 = epoch.parse().unwrap_or(1);
+    let when = nix::sys::time::TimeSpec::new(secs, 0);
+    let mut paths = vec![stage.to_path_buf()];
+    for d in ["isolinux", "boot"] {
+        paths.push(stage.join(d));
+    }
+    paths.extend(copies.iter().map(|(_, to)| to.clone()));
+    paths.push(cfg.clone());
+    for p in &paths {
+        nix::sys::stat::utimensat(
+            None,
+            p.as_path(),
+            &when,
+            &when,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| IsoError::Io {
+            what: "cannot set the time of",
+            path: p.clone(),
+            source: e.into(),
+        })?;
+    }
     let tmp = iso.with_extension("iso.tmp");
     let _ = fs::remove_file(&tmp);
-    let epoch = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| EPOCH.into());
     let out = Command::new("xorriso")
         .env("SOURCE_DATE_EPOCH", &epoch)
         .args(["-as", "mkisofs", "-quiet", "-o"])

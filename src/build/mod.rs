@@ -10,6 +10,7 @@
 mod defaults;
 mod iso;
 mod progress;
+mod share;
 
 use std::fs;
 use std::io::Read;
@@ -507,6 +508,7 @@ fn assemble(
     fs::copy(&keel, &init).map_err(io("cannot copy", &keel))?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).map_err(io("cannot chmod", &init))?;
     let mut counters = std::collections::HashMap::new();
+    let mut readonly_roots = Vec::new();
     let total = plan.len();
     for (i, item) in plan.into_iter().enumerate() {
         let (section, c) = (item.section, &item.container);
@@ -522,8 +524,14 @@ fn assemble(
         unpack_into(&item.source, &rootfs, &what, &format!("[{}/{total}] ", i + 1), p)?;
         let json = serde_json::to_vec_pretty(&item.config).map_err(|e| BuildError::Invalid(e.to_string()))?;
         fs::write(bundle.join("config.json"), json).map_err(io("cannot write", &bundle))?;
+        if item.config.pointer("/root/readonly") == Some(&serde_json::Value::Bool(true)) {
+            readonly_roots.push(rootfs);
+        }
     }
     write_files(m, base, stage)?;
+    p.status("storing identical files once", true);
+    let containers = stage.join("containers");
+    let shared = share::share(&readonly_roots).map_err(io("cannot share files in", &containers))?;
 
     // The initrd: sorted, fixed times and owners, gzip without a timestamp.
     let initrd = out.join("initrd.img");
@@ -539,7 +547,11 @@ fn assemble(
     let counted = cpio::Writer::from_tree(stage, counted, 0)?;
     counted.inner.finish().map_err(io("cannot write", &initrd))?;
     let size = fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0);
-    p.say(&format!("wrote {} ({})", initrd.display(), bytes(size)));
+    let note = match shared.files {
+        0 => String::new(),
+        n => format!("; {n} identical files stored once, {} saved", bytes(shared.bytes)),
+    };
+    p.say(&format!("wrote {} ({}{note})", initrd.display(), bytes(size)));
 
     let mut artefacts = vec![initrd.clone()];
     let kernel_out = out.join("kernel");
