@@ -726,3 +726,49 @@ fn write_files(m: &Manifest, base: &Path, stage: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn format_is_parsed_and_checked() {
+        let o = parse_args(&args(&["m.yml", "-o", "out", "--format", "iso"])).unwrap();
+        assert_eq!(o.format, Format::Iso);
+        let o = parse_args(&args(&["m.yml", "-o", "out"])).unwrap();
+        assert_eq!(o.format, Format::KernelInitrd);
+        let e = parse_args(&args(&["m.yml", "-o", "out", "--format", "qcow2"]))
+            .err()
+            .unwrap();
+        assert!(e.contains("unknown format \"qcow2\""), "{e}");
+    }
+
+    #[test]
+    fn the_kernel_is_found_in_an_image_by_name_and_never_through_a_link() {
+        let d = std::env::temp_dir().join(format!("keel-kernel-in-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(d.join("boot")).unwrap();
+        assert!(kernel_in(&d, None).unwrap_err().contains("no kernel or bzImage"));
+        fs::write(d.join("boot/bzImage"), b"k").unwrap();
+        assert_eq!(kernel_in(&d, None).unwrap(), d.join("boot/bzImage"));
+        fs::write(d.join("bzImage"), b"k").unwrap();
+        assert_eq!(kernel_in(&d, None).unwrap(), d.join("bzImage"));
+        // A link (here to a file outside the image) is not a kernel file.
+        std::os::unix::fs::symlink("/etc/hostname", d.join("kernel")).unwrap();
+        assert_eq!(kernel_in(&d, None).unwrap(), d.join("bzImage"));
+        fs::write(d.join("vmlinuz-6.1"), b"k").unwrap();
+        assert_eq!(
+            kernel_in(&d, Some("/vmlinuz-6.1")).unwrap(),
+            d.join("vmlinuz-6.1")
+        );
+        assert!(kernel_in(&d, Some("../etc/passwd"))
+            .unwrap_err()
+            .contains("inside the image"));
+        assert!(kernel_in(&d, Some("nope")).is_err());
+        let _ = fs::remove_dir_all(&d);
+    }
+}

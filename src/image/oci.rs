@@ -1071,6 +1071,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn labels_are_read_and_a_null_is_none() {
+        let tmp = Scratch::new("labels");
+        let l = Layout::new(tmp.0.clone());
+        let mut with = config_json("amd64");
+        with["config"]["Labels"] = json!({"org.mobyproject.config": "{\"net\":\"host\"}"});
+        let mut null = config_json("amd64");
+        null["config"]["Labels"] = Value::Null;
+        let a = l.image_with(with, &[]);
+        let b = l.image_with(null, &[]);
+        l.index(&[named(&a, "a:1"), named(&b, "b:1")]);
+        let stores = [l.store()];
+        let got = resolve(&stores, "a:1").unwrap();
+        assert_eq!(
+            got.config
+                .labels
+                .get("org.mobyproject.config")
+                .map(String::as_str),
+            Some(r#"{"net":"host"}"#)
+        );
+        assert!(resolve(&stores, "b:1").unwrap().config.labels.is_empty());
+    }
+
     fn named(desc: &Value, name: &str) -> Value {
         let mut d = desc.clone();
         d["annotations"] = json!({ REF_NAME: name });
