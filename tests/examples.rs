@@ -144,8 +144,13 @@ impl Vm {
 
     /// Wait until `pat` is on the console; panics with the console after `limit`.
     fn wait_for(&mut self, pat: &str, limit: Duration) {
+        self.wait_for_nth(pat, 1, limit)
+    }
+
+    /// Wait until `pat` is on the console `n` times.
+    fn wait_for_nth(&mut self, pat: &str, n: usize, limit: Duration) {
         let start = Instant::now();
-        while !self.console().contains(pat) {
+        while self.console().matches(pat).count() < n {
             if start.elapsed() > limit || matches!(self.child.try_wait(), Ok(Some(_))) {
                 let console = self.console();
                 self.kill();
@@ -419,4 +424,39 @@ fn persistent_keeps_its_data_across_two_boots_of_one_disk() {
     );
     // keel unmounted the disk cleanly at the first power-off: nothing to replay.
     assert!(!console.contains("recovery complete"), "{console}");
+}
+
+#[test]
+fn getty_without_insecure_logs_in_against_the_bound_shadow_file() {
+    require_root();
+    // The hash of "keel-pw" (SHA-512 crypt), as `mkpasswd -m sha512` writes it.
+    let hash = "$6$6Xk2hQv0rG0dPZ5M$Yv/QShJExfxD/VLifNdCsBTkRMNJN9mqdTl8kuEpm6ZLOVBHYnKFqujqXwspFZg/U5szRZEXujTxe9R6AUAFN1";
+    let manifest = format!(
+        r#"
+kernel:
+  image: keel/kernel:latest
+  cmdline: "console=ttyS0"
+services:
+  - name: getty
+    image: keel/getty:latest
+    binds.add: ["/etc/keel/shadow:/etc/shadow:ro"]
+files:
+  - path: etc/keel/shadow
+    contents: "root:{hash}:19000:0:99999:7:::\n"
+    mode: "0600"
+"#
+    );
+    let out = build("ex-login", &manifest, &[]);
+    let mut vm = Vm::boot(&out, "");
+    vm.wait_for("login:", BOOT_LIMIT);
+    vm.stdin.write_all(b"root\n").unwrap();
+    vm.wait_for("Password:", STEP_LIMIT);
+    vm.stdin.write_all(b"wrong\n").unwrap();
+    vm.wait_for("Login incorrect", STEP_LIMIT);
+    vm.stdin.write_all(b"root\n").unwrap();
+    vm.wait_for_nth("Password:", 2, STEP_LIMIT);
+    vm.stdin.write_all(b"keel-pw\n").unwrap();
+    vm.wait_for("root login on", STEP_LIMIT);
+    shell_ready(&mut vm);
+    vm.poweroff();
 }
