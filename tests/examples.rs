@@ -460,3 +460,41 @@ files:
     shell_ready(&mut vm);
     vm.poweroff();
 }
+
+#[test]
+fn services_build_the_same_images_twice() {
+    let d = scratch("services-twice");
+    let mut index = Vec::new();
+    for out in [d.join("a"), d.join("b")] {
+        let st = Command::new(repo().join("services/build.sh"))
+            .arg(&out)
+            .args(["busybox", "kmsg"])
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "services/build.sh");
+        index.push(std::fs::read_to_string(out.join("index.json")).unwrap());
+    }
+    assert_eq!(index[0], index[1], "two builds of the same services differ");
+    for name in ["keel/busybox:latest", "keel/kmsg:latest"] {
+        assert!(index[0].contains(name), "{name} missing: {}", index[0]);
+    }
+}
+
+#[test]
+fn an_iso_needs_a_kernel() {
+    let d = scratch("iso-no-kernel");
+    let m = d.join("keel.yml");
+    std::fs::write(&m, "kernel:\n  cmdline: console=ttyS0\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["build", "--check", "--format", "iso"])
+        .arg(&m)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--format iso needs a kernel"),
+        "{err}"
+    );
+}
