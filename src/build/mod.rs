@@ -300,11 +300,12 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Warn about containers that give up part of the default sandbox.
-/// Warn about containers that give up part of the default sandbox.
+/// Warn about containers that give up part of the default sandbox (the image's declared
+/// settings included).
 fn posture_warnings(plan: &[Planned], p: &mut Progress<impl std::io::Write>) {
-    for c in plan.iter().map(|x| &x.container) {
-        let at = c.name.as_str();
+    for item in plan {
+        let c = &item.container;
+        let at = format!("{} {}", item.section, c.name);
         if c.capabilities
             .as_ref()
             .is_some_and(|l| l.iter().any(|x| x == "all"))
@@ -472,6 +473,10 @@ fn assemble(
     out: &Path,
     p: &mut Progress<impl std::io::Write>,
 ) -> Result<()> {
+    // Artefacts of an earlier build into the same directory must not outlive this one.
+    for stale in ["kernel", "cmdline", "keel.iso"] {
+        let _ = fs::remove_file(out.join(stale));
+    }
     // Images of files first; then what keel needs, never through a link they contain.
     for image in &m.init {
         let src = find_image(image, base, stores, "init")?;
