@@ -2,8 +2,11 @@
 # Install everything keel's build, tests and demo need on a Debian machine (run as root).
 # Idempotent: quick when everything is already there.
 set -euo pipefail
+# The second line: what services/build.sh puts into keel's standard images (mke2fs, blkid)
+# and what `keel build --format iso` boots with (isolinux, assembled by xorriso).
 packages=(qemu-system-x86 busybox-static linux-source linux-image-amd64 cpio file gzip runc crun
-          flex bison bc make gcc libelf-dev libssl-dev xz-utils)
+          flex bison bc make gcc libelf-dev libssl-dev xz-utils
+          e2fsprogs util-linux xorriso isolinux syslinux-common)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

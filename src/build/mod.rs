@@ -4,10 +4,16 @@
 //! separated) or, for development, a plain directory (`image: ./rootfs`). Each container
 //! becomes a bundle under /containers/{onboot,services,onshutdown} with a generated
 //! config.json. The initrd is a newc cpio with sorted entries, fixed times and owners,
-//! gzip'd without a timestamp: the same inputs give the same bytes.
+//! gzip'd without a timestamp: the same inputs give the same bytes. `--format iso` adds a
+//! hybrid BIOS ISO that boots them (see [`iso`]).
+
+mod defaults;
+mod iso;
+mod progress;
+mod share;
 
 use std::fs;
-use std::io::{IsTerminal, Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,6 +23,7 @@ use sha2::{Digest as _, Sha256};
 use crate::image::{cpio, oci};
 use crate::manifest::{self, Container, Manifest};
 use crate::spec::{self, ImageDefaults, Section};
+use progress::{bytes, Counting, Progress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -39,6 +46,8 @@ pub enum BuildError {
     },
     #[error("initrd: {0}")]
     Cpio(#[from] cpio::CpioError),
+    #[error("iso: {0}")]
+    Iso(#[from] iso::IsoError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -50,15 +59,25 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildEr
     move |source| BuildError::Io { what, path, source }
 }
 
-pub const USAGE: &str = "usage: keel build MANIFEST -o OUTDIR [--store DIR]... [--keel PATH] [--check]
+pub const USAGE: &str =
+    "usage: keel build MANIFEST -o OUTDIR [--format FORMAT] [--store DIR]... [--keel PATH] [--check]
   builds OUTDIR/kernel, OUTDIR/initrd.img and OUTDIR/cmdline from MANIFEST
+  --format FORMAT  kernel+initrd (default), or iso: also OUTDIR/keel.iso, a hybrid BIOS
+                image for QEMU's -cdrom, a CD or a USB stick (needs a kernel)
   --store DIR   an OCI image layout to take images from (also KEEL_STORES=DIR:DIR)
   --keel PATH   the static keel binary to boot as /init (default: KEEL_BIN, or this keel
                 when it is statically linked)
   --check       validate the manifest and find its images; build nothing";
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    KernelInitrd,
+    Iso,
+}
+
 pub struct Options {
     pub manifest: PathBuf,
+    pub format: Format,
     pub out: Option<PathBuf>,
     pub stores: Vec<PathBuf>,
     pub keel: Option<PathBuf>,
@@ -68,6 +87,7 @@ pub struct Options {
 pub fn parse_args(args: &[String]) -> std::result::Result<Options, String> {
     let mut o = Options {
         manifest: PathBuf::new(),
+        format: Format::KernelInitrd,
         out: None,
         stores: Vec::new(),
         keel: None,
@@ -81,6 +101,13 @@ pub fn parse_args(args: &[String]) -> std::result::Result<Options, String> {
             "-o" | "--output" => o.out = Some(PathBuf::from(value(a)?)),
             "--store" => o.stores.push(PathBuf::from(value(a)?)),
             "--keel" => o.keel = Some(PathBuf::from(value(a)?)),
+            "--format" => {
+                o.format = match value(a)?.as_str() {
+                    "kernel+initrd" => Format::KernelInitrd,
+                    "iso" => Format::Iso,
+                    f => return Err(format!("unknown format {f:?} (kernel+initrd or iso)")),
+                }
+            }
             "--check" => o.check = true,
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             s if manifest.is_none() => manifest = Some(PathBuf::from(s)),
@@ -114,11 +141,6 @@ pub fn run(args: &[String]) -> ExitCode {
     }
 }
 
-/// Progress and results: one line per step (no redrawing, so logs stay readable).
-fn say(msg: &str) {
-    let _ = writeln!(std::io::stderr(), "keel build: {msg}");
-}
-
 /// Where a container's image comes from.
 enum Source {
     Dir(PathBuf),
@@ -149,7 +171,7 @@ fn find_image(image: &str, base: &Path, stores: &[oci::Store], container: &str) 
         })
 }
 
-fn defaults(src: &Source) -> ImageDefaults {
+fn image_defaults(src: &Source) -> ImageDefaults {
     match src {
         Source::Dir(_) => ImageDefaults::default(),
         Source::Oci(r) => ImageDefaults {
@@ -278,21 +300,23 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Warn about containers that give up part of the default sandbox.
-fn posture_warnings(m: &Manifest) {
-    for (section, c) in all(m) {
-        let at = format!("{section} {}", c.name);
+/// Warn about containers that give up part of the default sandbox (the image's declared
+/// settings included).
+fn posture_warnings(plan: &[Planned], p: &mut Progress<impl std::io::Write>) {
+    for item in plan {
+        let c = &item.container;
+        let at = format!("{} {}", item.section, c.name);
         if c.capabilities
             .as_ref()
             .is_some_and(|l| l.iter().any(|x| x == "all"))
         {
-            say(&format!("warning: {at} runs with all capabilities"));
+            p.say(&format!("warning: {at} runs with all capabilities"));
         }
         if c.seccomp.as_deref() == Some("unconfined") {
-            say(&format!("warning: {at} runs without a seccomp filter"));
+            p.say(&format!("warning: {at} runs without a seccomp filter"));
         }
         if c.readonly == Some(false) {
-            say(&format!("warning: {at} has a writable root filesystem"));
+            p.say(&format!("warning: {at} has a writable root filesystem"));
         }
     }
 }
@@ -306,7 +330,71 @@ fn all(m: &Manifest) -> Vec<(&'static str, &Container)> {
     v
 }
 
+/// One container, ready to be laid out: the manifest entry completed by its image's
+/// defaults, and its generated config.
+struct Planned {
+    section: &'static str,
+    container: Container,
+    source: Source,
+    config: serde_json::Value,
+}
+
+/// Where the kernel comes from: a local file, or an image whose rootfs holds it.
+enum KernelSource {
+    File(PathBuf),
+    Image(Box<oci::Resolved>, Option<String>),
+}
+
+/// Names a kernel image's file may have, in the order they are looked for.
+const KERNEL_NAMES: [&str; 4] = ["kernel", "bzImage", "boot/kernel", "boot/bzImage"];
+
+fn kernel_source(m: &Manifest, base: &Path, stores: &[oci::Store]) -> Result<Option<KernelSource>> {
+    let Some(image) = m.kernel.as_ref().and_then(|k| k.image.as_deref()) else {
+        return Ok(None);
+    };
+    let path = base.join(image);
+    if is_local(image) || path.is_file() {
+        if !path.is_file() {
+            return Err(BuildError::Invalid(format!(
+                "kernel: image {image}: {} is not a file",
+                path.display()
+            )));
+        }
+        return Ok(Some(KernelSource::File(path)));
+    }
+    let binary = m.kernel.as_ref().and_then(|k| k.binary.clone());
+    match find_image(image, base, stores, "kernel")? {
+        Source::Oci(r) => Ok(Some(KernelSource::Image(r, binary))),
+        Source::Dir(_) => Err(BuildError::Invalid(format!(
+            "kernel: image {image} must be a bzImage file or an OCI image"
+        ))),
+    }
+}
+
+/// The kernel file inside an unpacked kernel image: `binary` if the manifest names one, else
+/// the first of [`KERNEL_NAMES`] that is a regular file (never a link out of the image).
+fn kernel_in(rootfs: &Path, binary: Option<&str>) -> std::result::Result<PathBuf, String> {
+    let names: Vec<&str> = match binary {
+        Some(b) => vec![b.trim_start_matches('/')],
+        None => KERNEL_NAMES.to_vec(),
+    };
+    for n in &names {
+        if Path::new(n)
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(format!("kernel binary {n:?} must be a path inside the image"));
+        }
+        let p = rootfs.join(n);
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+            return Ok(p);
+        }
+    }
+    Err(format!("the image has no {}", names.join(" or ")))
+}
+
 pub fn build(opts: &Options) -> Result<()> {
+    let mut p = Progress::stderr();
     let m = manifest::load(&opts.manifest)?;
     let base = opts.manifest.parent().map(Path::to_path_buf).unwrap_or_default();
     let stores: Vec<oci::Store> = opts
@@ -320,31 +408,48 @@ pub fn build(opts: &Options) -> Result<()> {
             })
         })
         .collect::<Result<_>>()?;
-    posture_warnings(&m);
 
     // Every image first: a missing one fails the build before anything is written.
     let mut plan = Vec::new();
     for (section, c) in all(&m) {
-        let src = find_image(&c.image, &base, &stores, &format!("{section} {}", c.name))?;
+        let at = format!("{section} {}", c.name);
+        let source = find_image(&c.image, &base, &stores, &at)?;
+        let label = match &source {
+            Source::Oci(r) => r.config.labels.get(defaults::LABEL).map(String::as_str),
+            Source::Dir(_) => None,
+        };
+        let container = defaults::apply(c, label, &at).map_err(BuildError::Invalid)?;
         let sec = match section {
             "onboot" => Section::Onboot,
             "services" => Section::Service,
             _ => Section::Onshutdown,
         };
         // A seccomp profile path is relative to the manifest, like a directory image.
-        let mut resolved = c.clone();
-        if let Some(p) = resolved
+        let mut container = container;
+        if let Some(p) = container
             .seccomp
             .as_mut()
             .filter(|p| !matches!(p.as_str(), "default" | "unconfined"))
         {
             *p = base.join(&*p).display().to_string();
         }
-        let config = spec::generate(&resolved, sec, &defaults(&src))?;
-        plan.push((section, c, src, config));
+        let config = spec::generate(&container, sec, &image_defaults(&source))?;
+        plan.push(Planned {
+            section,
+            container,
+            source,
+            config,
+        });
     }
+    let kernel = kernel_source(&m, &base, &stores)?;
+    if opts.format == Format::Iso && kernel.is_none() {
+        return Err(BuildError::Invalid(
+            "--format iso needs a kernel: set kernel.image in the manifest".into(),
+        ));
+    }
+    posture_warnings(&plan, &mut p);
     if opts.check {
-        say(&format!(
+        p.say(&format!(
             "{}: valid; {} containers, images found",
             opts.manifest.display(),
             plan.len()
@@ -359,30 +464,43 @@ pub fn build(opts: &Options) -> Result<()> {
     let stage = out.join(".stage");
     let _ = fs::remove_dir_all(&stage);
     fs::create_dir_all(&stage).map_err(io("cannot create", &stage))?;
-    let result = assemble(opts, &m, &base, &stores, plan, &stage, &out);
+    let result = assemble(opts, &m, &base, &stores, plan, kernel, &stage, &out, &mut p);
     let _ = fs::remove_dir_all(&stage);
+    p.clear();
     result
 }
 
-#[allow(clippy::type_complexity)]
+#[allow(clippy::too_many_arguments)]
 fn assemble(
     opts: &Options,
     m: &Manifest,
     base: &Path,
     stores: &[oci::Store],
-    plan: Vec<(&str, &Container, Source, serde_json::Value)>,
+    plan: Vec<Planned>,
+    kernel: Option<KernelSource>,
     stage: &Path,
     out: &Path,
+    p: &mut Progress<impl std::io::Write>,
 ) -> Result<()> {
+    // Artefacts of an earlier build into the same directory must not outlive this one.
+    for stale in ["kernel", "cmdline", "keel.iso"] {
+        let _ = fs::remove_file(out.join(stale));
+    }
     // Images of files first; then what keel needs, never through a link they contain.
     for image in &m.init {
         let src = find_image(image, base, stores, "init")?;
-        unpack_into(&src, stage, &format!("init {image}"))?;
+        unpack_into(&src, stage, &format!("init {image}"), "", p)?;
     }
     let at = |rel: &str| inside(stage, rel).map_err(|why| BuildError::Invalid(format!("{rel}: {why}")));
     for dir in ["dev", "proc", "sys", "run", "tmp", "etc", "containers", "var/log"] {
         let path = at(dir)?;
         fs::create_dir_all(&path).map_err(io("cannot create", &path))?;
+    }
+    // A resolv.conf to bind: the DHCP client writes the lease's servers into it, and other
+    // containers bind it read-only (a bind needs its source to exist).
+    let resolv = at("etc/resolv.conf")?;
+    if fs::symlink_metadata(&resolv).is_err() {
+        fs::write(&resolv, "").map_err(io("cannot write", &resolv))?;
     }
     for (rel, mode, major, minor) in [("dev/console", 0o600, 5, 1), ("dev/null", 0o666, 1, 3)] {
         let path = at(rel)?;
@@ -404,7 +522,10 @@ fn assemble(
     fs::copy(&keel, &init).map_err(io("cannot copy", &keel))?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).map_err(io("cannot chmod", &init))?;
     let mut counters = std::collections::HashMap::new();
-    for (section, c, src, config) in plan {
+    let mut readonly_roots = Vec::new();
+    let total = plan.len();
+    for (i, item) in plan.into_iter().enumerate() {
+        let (section, c) = (item.section, &item.container);
         let n = counters.entry(section).or_insert(0usize);
         let dir_name = match section {
             "services" => c.name.clone(),
@@ -413,11 +534,18 @@ fn assemble(
         *n += 1;
         let bundle = at(&format!("containers/{section}/{dir_name}"))?;
         let rootfs = bundle.join("rootfs");
-        unpack_into(&src, &rootfs, &format!("{section} {}", c.name))?;
-        let json = serde_json::to_vec_pretty(&config).map_err(|e| BuildError::Invalid(e.to_string()))?;
+        let what = format!("{section} {}", c.name);
+        unpack_into(&item.source, &rootfs, &what, &format!("[{}/{total}] ", i + 1), p)?;
+        let json = serde_json::to_vec_pretty(&item.config).map_err(|e| BuildError::Invalid(e.to_string()))?;
         fs::write(bundle.join("config.json"), json).map_err(io("cannot write", &bundle))?;
+        if item.config.pointer("/root/readonly") == Some(&serde_json::Value::Bool(true)) {
+            readonly_roots.push(rootfs);
+        }
     }
     write_files(m, base, stage)?;
+    p.status("storing identical files once", true);
+    let containers = stage.join("containers");
+    let shared = share::share(&readonly_roots).map_err(io("cannot share files in", &containers))?;
 
     // The initrd: sorted, fixed times and owners, gzip without a timestamp.
     let initrd = out.join("initrd.img");
@@ -425,62 +553,105 @@ fn assemble(
     let gz = flate2::GzBuilder::new()
         .mtime(0)
         .write(file, flate2::Compression::best());
-    let gz = cpio::Writer::from_tree(stage, gz, 0)?;
-    gz.finish().map_err(io("cannot write", &initrd))?;
-    say(&format!(
-        "wrote {} ({} bytes)",
-        initrd.display(),
-        fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0)
-    ));
+    let counted = Counting {
+        inner: gz,
+        count: 0,
+        report: |n| p.status(&format!("writing initrd.img: {} archived", bytes(n)), false),
+    };
+    let counted = cpio::Writer::from_tree(stage, counted, 0)?;
+    counted.inner.finish().map_err(io("cannot write", &initrd))?;
+    let size = fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0);
+    let note = match shared.files {
+        0 => String::new(),
+        n => format!("; {n} identical files stored once, {} saved", bytes(shared.bytes)),
+    };
+    p.say(&format!("wrote {} ({}{note})", initrd.display(), bytes(size)));
 
-    let mut artefacts = vec![initrd];
-    if let Some(k) = m.kernel.as_ref() {
-        if let Some(image) = &k.image {
-            let path = base.join(image);
-            if path.is_file() {
-                let dst = out.join("kernel");
-                fs::copy(&path, &dst).map_err(io("cannot copy", &path))?;
-                artefacts.push(dst);
-            } else {
-                say(&format!(
-                    "warning: kernel image {image} is not a local file; no kernel written"
-                ));
-            }
+    let mut artefacts = vec![initrd.clone()];
+    let kernel_out = out.join("kernel");
+    match kernel {
+        Some(KernelSource::File(path)) => {
+            fs::copy(&path, &kernel_out).map_err(io("cannot copy", &path))?;
+            artefacts.push(kernel_out.clone());
         }
+        Some(KernelSource::Image(r, binary)) => {
+            let dir = out.join(".kernel");
+            let _ = fs::remove_dir_all(&dir);
+            let found = unpack_into(&Source::Oci(r.clone()), &dir, "kernel", "", p)
+                .and_then(|()| {
+                    kernel_in(&dir, binary.as_deref())
+                        .map_err(|why| BuildError::Invalid(format!("kernel: image {}: {why}", r.reference)))
+                })
+                .and_then(|k| fs::copy(&k, &kernel_out).map_err(io("cannot copy", &k)));
+            let _ = fs::remove_dir_all(&dir);
+            found?;
+            artefacts.push(kernel_out.clone());
+        }
+        None => {}
+    }
+    let cmdline_text = m
+        .kernel
+        .as_ref()
+        .and_then(|k| k.cmdline.clone())
+        .unwrap_or_default();
+    if m.kernel.is_some() {
         let cmdline = out.join("cmdline");
-        fs::write(&cmdline, format!("{}\n", k.cmdline.clone().unwrap_or_default()))
-            .map_err(io("cannot write", &cmdline))?;
+        fs::write(&cmdline, format!("{cmdline_text}\n")).map_err(io("cannot write", &cmdline))?;
         artefacts.push(cmdline);
     }
+    if opts.format == Format::Iso {
+        let image = out.join("keel.iso");
+        p.status("writing keel.iso", true);
+        iso::write(&kernel_out, &initrd, &cmdline_text, &out.join(".iso"), &image)?;
+        let size = fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
+        p.say(&format!("wrote {} ({})", image.display(), bytes(size)));
+        artefacts.push(image);
+    }
+    p.clear();
     for a in artefacts {
         println!("{}  {}", sha256_file(&a)?, a.display());
     }
     Ok(())
 }
 
-fn unpack_into(src: &Source, dst: &Path, what: &str) -> Result<()> {
+/// Unpack or copy an image into `dst`; `what` names it in errors, `step` prefixes progress.
+fn unpack_into(
+    src: &Source,
+    dst: &Path,
+    what: &str,
+    step: &str,
+    p: &mut Progress<impl std::io::Write>,
+) -> Result<()> {
     match src {
-        Source::Dir(d) => copy_tree(d, dst),
+        Source::Dir(d) => {
+            p.status(&format!("{step}{what}: copying {}", d.display()), true);
+            copy_tree(d, dst)
+        }
         Source::Oci(r) => {
-            let stats = oci::unpack(r, dst).map_err(|source| BuildError::Image {
+            let n = r.layers.len();
+            p.status(&format!("{step}{what}: {} (0/{n} layers)", r.reference), true);
+            oci::unpack_observed(r, dst, |s| {
+                p.status(
+                    &format!(
+                        "{step}{what}: {} ({}/{n} layers, {} entries, {})",
+                        r.reference,
+                        s.layers,
+                        s.entries,
+                        bytes(s.bytes)
+                    ),
+                    true,
+                )
+            })
+            .map_err(|source| BuildError::Image {
                 container: what.into(),
                 image: r.reference.clone(),
                 source: Box::new(source),
             })?;
-            if std::io::stderr().is_terminal() || std::env::var_os("KEEL_BUILD_VERBOSE").is_some() {
-                say(&format!(
-                    "{what}: {} layers, {} entries, {} bytes",
-                    stats.layers, stats.entries, stats.bytes
-                ));
-            }
             Ok(())
         }
     }
 }
 
-/// `stage/rel` with its parent directories created, never through a symlink: an image
-/// unpacked into the root may hold absolute links (`etc -> /etc`) that, followed here, would
-/// write on the build host. A symlink at the path itself is replaced, not followed.
 fn inside(stage: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
     let mut at = stage.to_path_buf();
     let parts: Vec<_> = Path::new(rel).components().collect();
@@ -568,4 +739,50 @@ fn write_files(m: &Manifest, base: &Path, stage: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn format_is_parsed_and_checked() {
+        let o = parse_args(&args(&["m.yml", "-o", "out", "--format", "iso"])).unwrap();
+        assert_eq!(o.format, Format::Iso);
+        let o = parse_args(&args(&["m.yml", "-o", "out"])).unwrap();
+        assert_eq!(o.format, Format::KernelInitrd);
+        let e = parse_args(&args(&["m.yml", "-o", "out", "--format", "qcow2"]))
+            .err()
+            .unwrap();
+        assert!(e.contains("unknown format \"qcow2\""), "{e}");
+    }
+
+    #[test]
+    fn the_kernel_is_found_in_an_image_by_name_and_never_through_a_link() {
+        let d = std::env::temp_dir().join(format!("keel-kernel-in-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(d.join("boot")).unwrap();
+        assert!(kernel_in(&d, None).unwrap_err().contains("no kernel or bzImage"));
+        fs::write(d.join("boot/bzImage"), b"k").unwrap();
+        assert_eq!(kernel_in(&d, None).unwrap(), d.join("boot/bzImage"));
+        fs::write(d.join("bzImage"), b"k").unwrap();
+        assert_eq!(kernel_in(&d, None).unwrap(), d.join("bzImage"));
+        // A link (here to a file outside the image) is not a kernel file.
+        std::os::unix::fs::symlink("/etc/hostname", d.join("kernel")).unwrap();
+        assert_eq!(kernel_in(&d, None).unwrap(), d.join("bzImage"));
+        fs::write(d.join("vmlinuz-6.1"), b"k").unwrap();
+        assert_eq!(
+            kernel_in(&d, Some("/vmlinuz-6.1")).unwrap(),
+            d.join("vmlinuz-6.1")
+        );
+        assert!(kernel_in(&d, Some("../etc/passwd"))
+            .unwrap_err()
+            .contains("inside the image"));
+        assert!(kernel_in(&d, Some("nope")).is_err());
+        let _ = fs::remove_dir_all(&d);
+    }
 }

@@ -195,6 +195,15 @@ pub struct ImageConfig {
     pub env: Option<Vec<String>>,
     pub working_dir: Option<String>,
     pub user: Option<String>,
+    /// Labels; a null `Labels` (as some tools write) is none.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<std::collections::BTreeMap<String, String>, D::Error> {
+    Ok(Option::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -604,6 +613,15 @@ pub fn resolve(stores: &[Store], reference: &str) -> Result<Resolved> {
 /// Applies the image's layers to `rootfs` (created if missing), in order. Each layer blob is
 /// verified whole before any of it is unpacked.
 pub fn unpack(resolved: &Resolved, rootfs: &Path) -> Result<UnpackStats> {
+    unpack_observed(resolved, rootfs, |_| {})
+}
+
+/// [`unpack`], calling `layer_done` with the running totals after each layer (for progress).
+pub fn unpack_observed(
+    resolved: &Resolved,
+    rootfs: &Path,
+    mut layer_done: impl FnMut(&UnpackStats),
+) -> Result<UnpackStats> {
     fs::create_dir_all(rootfs).map_err(io_err(rootfs))?;
     let mut stats = UnpackStats::default();
     for layer in &resolved.layers {
@@ -635,6 +653,7 @@ pub fn unpack(resolved: &Resolved, rootfs: &Path) -> Result<UnpackStats> {
             })?;
         }
         stats.layers += 1;
+        layer_done(&stats);
     }
     Ok(stats)
 }
@@ -1052,6 +1071,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn labels_are_read_and_a_null_is_none() {
+        let tmp = Scratch::new("labels");
+        let l = Layout::new(tmp.0.clone());
+        let mut with = config_json("amd64");
+        with["config"]["Labels"] = json!({"org.mobyproject.config": "{\"net\":\"host\"}"});
+        let mut null = config_json("amd64");
+        null["config"]["Labels"] = Value::Null;
+        let a = l.image_with(with, &[]);
+        let b = l.image_with(null, &[]);
+        l.index(&[named(&a, "a:1"), named(&b, "b:1")]);
+        let stores = [l.store()];
+        let got = resolve(&stores, "a:1").unwrap();
+        assert_eq!(
+            got.config
+                .labels
+                .get("org.mobyproject.config")
+                .map(String::as_str),
+            Some(r#"{"net":"host"}"#)
+        );
+        assert!(resolve(&stores, "b:1").unwrap().config.labels.is_empty());
+    }
+
     fn named(desc: &Value, name: &str) -> Value {
         let mut d = desc.clone();
         d["annotations"] = json!({ REF_NAME: name });
@@ -1244,6 +1286,7 @@ mod tests {
                 env: Some(vec!["PATH=/bin".into()]),
                 working_dir: Some("/srv".into()),
                 user: None,
+                labels: Default::default(),
             }
         );
         let kinds: Vec<Compression> = got.layers.iter().map(|l| l.compression).collect();

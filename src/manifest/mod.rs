@@ -410,7 +410,7 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
     parse(&text, &path.display().to_string())
 }
 
-fn valid_capability(name: &str) -> bool {
+pub(crate) fn valid_capability(name: &str) -> bool {
     use std::str::FromStr;
     let full = if name.starts_with("CAP_") {
         name.to_string()
