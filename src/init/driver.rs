@@ -158,6 +158,7 @@ impl Driver {
     pub(super) fn read_notify(&mut self, id: UnitId) {
         let mut buf = [0u8; 4096];
         let mut ready = false;
+        let mut alive = false;
         while let Some(sock) = self.notify.get(&id) {
             let n = match sock.recv(&mut buf) {
                 Ok(n) => n,
@@ -166,6 +167,7 @@ impl Driver {
             for line in String::from_utf8_lossy(&buf[..n]).lines() {
                 match line.split_once('=') {
                     Some(("READY", "1")) => ready = true,
+                    Some(("WATCHDOG", "1")) => alive = true,
                     Some(("STATUS", text)) => {
                         let text: String = text.chars().take(200).collect();
                         log::debug!("service {}: status {text:?}", self.bundles[id].spec.name);
@@ -174,6 +176,9 @@ impl Driver {
                     _ => {}
                 }
             }
+        }
+        if alive {
+            self.queue.push_back(Event::Watchdog(id));
         }
         if ready {
             self.queue.push_back(Event::Ready(id));
@@ -242,6 +247,7 @@ impl Driver {
                     StopSignal::Term => {
                         Signal::try_from(self.bundles[id].spec.stop_signal).unwrap_or(Signal::SIGTERM)
                     }
+                    StopSignal::Abort => Signal::SIGABRT,
                     StopSignal::Kill => Signal::SIGKILL,
                 };
                 if let (Some(h), Ok(rt)) = (self.running.get_mut(&id), &self.runtime) {
@@ -301,8 +307,9 @@ impl Driver {
         // Output goes to the console; input never comes from it (a container must not
         // compete with a console login for keystrokes).
         let stdin = fs::File::open("/dev/null").ok().map(Into::into);
-        let notify_dir = match b.spec.service.readiness {
-            Readiness::Notify if b.spec.kind == Kind::Service => match self.notify_dir(id) {
+        let notify = b.spec.service.readiness == Readiness::Notify || b.spec.service.watchdog.is_some();
+        let notify_dir = match notify {
+            true if b.spec.kind == Kind::Service => match self.notify_dir(id) {
                 Ok(d) => Some(d),
                 Err(e) => {
                     self.queue.push_back(Event::StartFailed(id, e));
@@ -522,9 +529,12 @@ impl Driver {
             pid: self.running.get(&id).map(|h| h.pid.as_raw()),
             uptime_ms,
             restarts: info.restarts,
-            last_exit: info.last_exit.map(|e| match self.oom.contains(&id) {
-                true => format!("{e} (out of memory)"),
-                false => e.to_string(),
+            last_exit: info.last_exit.map(|e| {
+                let oom = self.oom.contains(&id).then_some("out of memory");
+                match oom.or(info.last_reason) {
+                    Some(why) => format!("{e} ({why})"),
+                    None => e.to_string(),
+                }
             }),
             ready,
             health: info.health.clone(),

@@ -334,6 +334,9 @@ pub struct Container {
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub start_timeout: Option<Duration>,
+    /// sd_notify watchdog: no `WATCHDOG=1` for this long and the service is restarted.
+    #[serde(default)]
+    pub watchdog: Option<Duration>,
     /// Echo the container's output on the console.
     #[serde(default)]
     pub console: Option<bool>,
@@ -465,6 +468,7 @@ fn check(m: &Manifest, file: &str) -> Result<(), ManifestError> {
                     ("readiness", c.readiness.is_some()),
                     ("healthcheck", c.healthcheck.is_some()),
                     ("start_timeout", c.start_timeout.is_some()),
+                    ("watchdog", c.watchdog.is_some()),
                 ];
                 if let Some((f, _)) = service_only.iter().find(|(_, set)| *set) {
                     return Err(invalid(format!("{at}.{f}: only services have it")));
@@ -481,6 +485,9 @@ fn check(m: &Manifest, file: &str) -> Result<(), ManifestError> {
                         "{at}.readiness.file: {p:?} is not an absolute path"
                     )));
                 }
+            }
+            if c.watchdog.is_some_and(|d| d.0.is_zero()) {
+                return Err(invalid(format!("{at}.watchdog: must be above zero")));
             }
             if c.healthcheck.as_ref().is_some_and(|h| h.command.is_empty()) {
                 return Err(invalid(format!("{at}.healthcheck.command: empty")));

@@ -125,6 +125,7 @@ services:
     stop_timeout: 20
     stop_signal: SIGINT
     start_timeout: 1m
+    watchdog: 30s
     console: false
   - name: web
     image: web
@@ -149,6 +150,7 @@ services:
         db.start_timeout,
         Some(Duration(std::time::Duration::from_secs(60)))
     );
+    assert_eq!(db.watchdog, Some(Duration(std::time::Duration::from_secs(30))));
     let h = db.healthcheck.as_ref().unwrap();
     assert_eq!(h.interval, Some(Duration(std::time::Duration::from_secs(5))));
     assert_eq!(h.timeout, Some(Duration(std::time::Duration::from_millis(500))));
@@ -224,6 +226,13 @@ fn meaning_checks() {
     assert!(e.contains("unknown capability \"CAP_FLY\""), "{e}");
     let e = err("onboot:\n  - {name: a, image: x, restart: always}\n");
     assert!(e.contains("onboot[0] (a).restart: only services have it"), "{e}");
+    let e = err("onshutdown:\n  - {name: a, image: x, watchdog: 5s}\n");
+    assert!(
+        e.contains("onshutdown[0] (a).watchdog: only services have it"),
+        "{e}"
+    );
+    let e = err("services:\n  - {name: a, image: x, watchdog: 0}\n");
+    assert!(e.contains("services[0] (a).watchdog: must be above zero"), "{e}");
     let e = err("services:\n  - {name: a, image: x, readiness: healthcheck}\n");
     assert!(e.contains("healthcheck needs a healthcheck"), "{e}");
     let e = err("services:\n  - {name: a, image: x, readiness: {file: run/x}}\n");
