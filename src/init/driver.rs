@@ -111,7 +111,12 @@ impl Driver {
             epoll,
             notify: HashMap::new(),
             status: HashMap::new(),
-            outputs: Outputs::new(names, log_dir, console),
+            outputs: Outputs::new(
+                names,
+                log_dir,
+                console,
+                opts.syslog.clone().map(crate::logging::syslog::Forwarder::new),
+            ),
             timeline: Vec::new(),
             oom: HashSet::new(),
             health_pids: HashMap::new(),
@@ -125,6 +130,27 @@ impl Driver {
             let now = self.now();
             self.outputs.read(id, stream, &self.epoll, now);
         }
+    }
+
+    /// The syslog socket is ready for what the forwarder waits on.
+    pub(super) fn syslog_ready(&mut self) {
+        let now = self.now();
+        if let Some(f) = self.outputs.syslog() {
+            f.ready(&self.epoll, now);
+        }
+    }
+
+    /// Send what the loop step queued (container lines, PID 1's own messages).
+    pub(super) fn syslog_flush(&mut self) {
+        let now = self.now();
+        if let Some(f) = self.outputs.syslog() {
+            f.flush(&self.epoll, now);
+        }
+    }
+
+    /// When the forwarder wants to retry a destination that was down.
+    pub(super) fn syslog_deadline(&mut self) -> Option<Duration> {
+        self.outputs.syslog().and_then(|f| f.deadline())
     }
 
     /// The service's sd_notify socket directory, created (and watched) on first use.
@@ -273,6 +299,10 @@ impl Driver {
             Action::Log(Level::Error, m) => log::error!("{m}"),
             Action::Finish(kind) => {
                 log::info!("all containers stopped; {kind}");
+                // Last words to syslog, as far as the socket takes them without waiting.
+                self.syslog_flush();
+                // Nothing keeps the log filesystem busy: it unmounts cleanly.
+                self.outputs.close_files();
                 shutdown::finish(kind)
             }
         }
@@ -348,6 +378,7 @@ impl Driver {
         match result {
             Ok(h) => {
                 log::debug!("{} {}: pid {}", b.spec.kind, b.spec.name, h.pid);
+                self.outputs.set_pid(id, h.pid.as_raw());
                 self.by_pid.insert(h.pid, id);
                 self.running.insert(id, h);
                 self.queue.push_back(Event::Started(id));
@@ -396,6 +427,10 @@ impl Driver {
                     }
                     let now = self.now();
                     self.outputs.close(id, &self.epoll, now);
+                    // An onboot container may have mounted the persistent disk over /var/log.
+                    if self.bundles[id].spec.kind == Kind::Onboot {
+                        self.outputs.follow_log_dir(false);
+                    }
                     self.queue.push_back(Event::Exited(id, exit));
                 }
                 None => log::debug!("reaped orphan {pid} ({exit})"),
@@ -435,6 +470,9 @@ impl Driver {
     pub(super) fn on_signal(&mut self, sig: i32) {
         if sig == Signal::SIGCHLD as i32 {
             self.reap();
+        } else if sig == Signal::SIGHUP as i32 {
+            log::info!("SIGHUP: reopening the log files");
+            self.outputs.follow_log_dir(true);
         } else if let Some(kind) = shutdown_for_signal(sig) {
             log::info!("{kind} requested by {}", crate::supervisor::signal_name(sig));
             self.queue.push_back(Event::Shutdown(kind));

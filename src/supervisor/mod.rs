@@ -838,7 +838,7 @@ impl Machine {
                 Some(StopWhy::Unhealthy) => self.ended(now, id, Some(exit), Some("unhealthy".into())),
                 Some(StopWhy::Watchdog) => {
                     let t = self.units[id].spec.service.watchdog.unwrap_or_default();
-                    let why = format!("watchdog timeout (no WATCHDOG=1 within {})", human(t));
+                    let why = format!("watchdog timeout: no WATCHDOG=1 within {}", human(t));
                     self.ended(now, id, Some(exit), Some(why))
                 }
                 None => {

@@ -795,7 +795,7 @@ fn a_service_that_stops_pinging_its_watchdog_is_aborted_and_restarted_as_a_failu
     let info = m.info(0);
     assert_eq!(
         info.last_reason,
-        Some("watchdog timeout (no WATCHDOG=1 within 10s)")
+        Some("watchdog timeout: no WATCHDOG=1 within 10s")
     );
     assert_eq!(info.last_exit, Some(Exit::Signal(libc::SIGKILL)));
     // The next run gets a fresh deadline; a clean exit clears the reason.
