@@ -2,7 +2,7 @@
 # Install everything keel's build, tests and demo need on a Debian machine (run as root).
 # Idempotent: quick when everything is already there.
 set -euo pipefail
-packages=(qemu-system-x86 busybox-static linux-source linux-image-amd64 cpio file gzip runc crun
+packages=(qemu-system-x86 busybox-static linux-source linux-image-amd64 cpio file gzip runc crun e2fsprogs
           flex bison bc make gcc libelf-dev libssl-dev xz-utils)
 missing=()
 for p in "${packages[@]}"; do
