@@ -267,3 +267,44 @@ fn empty_manifest_is_an_image_with_nothing() {
     let m = parse("{}\n", "t").unwrap();
     assert_eq!(m, Manifest::default());
 }
+
+#[test]
+fn syslog_becomes_kernel_options() {
+    let m = parse(
+        "kernel: {image: k, cmdline: \"console=ttyS0\"}\nsyslog: udp://10.0.2.2:514\n",
+        "t.yml",
+    )
+    .unwrap();
+    assert_eq!(m.cmdline(), "console=ttyS0 keel.syslog=udp://10.0.2.2:514");
+    let m = parse(
+        "syslog: {destination: \"tcp://[fd00::1]:601\", facility: local0, format: rfc3164}\n",
+        "t.yml",
+    )
+    .unwrap();
+    assert_eq!(
+        m.cmdline(),
+        "keel.syslog=tcp://[fd00::1]:601 keel.syslog_facility=local0 keel.syslog_format=rfc3164"
+    );
+    assert_eq!(parse("kernel: {image: k}\n", "t.yml").unwrap().cmdline(), "");
+    for (yaml, want) in [
+        (
+            "syslog: udp://logs.example:514\n",
+            "syslog: syslog destination \"udp://logs.example:514\": the host must be an IP address",
+        ),
+        (
+            "syslog: {destination: unix:/dev/log, facility: mars}\n",
+            "syslog: syslog facility \"mars\"",
+        ),
+        (
+            "syslog: {destination: unix:/dev/log, format: json}\n",
+            "syslog: syslog format \"json\"",
+        ),
+        (
+            "syslog: {destination: unix:/dev/log, level: 3}\n",
+            "expected a destination or {destination, facility, format}",
+        ),
+    ] {
+        let e = err(yaml);
+        assert!(e.contains(want), "{yaml}: {e}");
+    }
+}
