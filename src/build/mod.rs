@@ -438,9 +438,10 @@ fn assemble(
                 ));
             }
         }
+    }
+    if m.kernel.is_some() || m.syslog.is_some() {
         let cmdline = out.join("cmdline");
-        fs::write(&cmdline, format!("{}\n", k.cmdline.clone().unwrap_or_default()))
-            .map_err(io("cannot write", &cmdline))?;
+        fs::write(&cmdline, format!("{}\n", m.cmdline())).map_err(io("cannot write", &cmdline))?;
         artefacts.push(cmdline);
     }
     for a in artefacts {
