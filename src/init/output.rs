@@ -126,9 +126,20 @@ impl LogDir {
         }
     }
 
-    /// Whether the path now leads to another directory than the one held.
+    /// Whether the path now leads to another directory than the one held. A disk mounted
+    /// over a parent (/var) may have no such directory yet: it is made there.
     fn replaced(&self) -> bool {
-        let now = std::fs::metadata(&self.path).ok().map(|m| identity(&m));
+        use std::os::unix::fs::DirBuilderExt;
+        let now = std::fs::metadata(&self.path)
+            .or_else(|_| {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(&self.path)?;
+                std::fs::metadata(&self.path)
+            })
+            .ok()
+            .map(|m| identity(&m));
         let held = self
             .handle
             .as_ref()
@@ -492,6 +503,12 @@ mod tests {
         assert!(read(&dir.join("onboot-disk.log")).ends_with(" out after\n"));
         assert!(read(&dir.join("web.log")).ends_with(" out serving\n"));
         assert!(!base.join("below/web.log").exists());
+        // A new parent without the directory (a disk mounted over /var): made, and followed.
+        std::fs::rename(&base, base.with_extension("var")).unwrap();
+        std::fs::create_dir_all(&base).unwrap();
+        out.follow_log_dir(false);
+        assert!(read(&dir.join("web.log")).ends_with(" out serving\n"), "carried over");
+        std::fs::remove_dir_all(base.with_extension("var")).unwrap();
         // Closed for the unmount at shutdown; a forced reopen finds the same files.
         out.close_files();
         assert!(out.dir.handle.is_none());

@@ -397,7 +397,7 @@ impl Runtime {
                 None => v["mounts"] = json!([mount]),
             }
             let mut env = vec![format!("NOTIFY_SOCKET={NOTIFY_MOUNT}/notify.sock")];
-            // The sd_notify watchdog, as systemd tells it (no WATCHDOG_PID: the service's PID
+            // The sd_notify watchdog, as the protocol tells it (no WATCHDOG_PID: the service's PID
             // differs inside its PID namespace). The value is the one PID 1 enforces.
             let watchdog = v
                 .pointer("/annotations/org.keel.watchdog")

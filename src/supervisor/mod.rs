@@ -125,8 +125,8 @@ impl fmt::Display for ShutdownKind {
 pub enum StopSignal {
     /// The unit's stop signal (SIGTERM unless configured).
     Term,
-    /// SIGABRT: a hung service's own stop handler cannot be trusted (and where core dumps
-    /// are enabled it leaves one), as systemd does for a missed watchdog.
+    /// SIGABRT, for a missed watchdog: a hung service's own stop handler cannot be trusted,
+    /// and where core dumps are enabled it leaves one to debug the hang.
     Abort,
     Kill,
 }
