@@ -507,7 +507,10 @@ mod tests {
         std::fs::rename(&base, base.with_extension("var")).unwrap();
         std::fs::create_dir_all(&base).unwrap();
         out.follow_log_dir(false);
-        assert!(read(&dir.join("web.log")).ends_with(" out serving\n"), "carried over");
+        assert!(
+            read(&dir.join("web.log")).ends_with(" out serving\n"),
+            "carried over"
+        );
         std::fs::remove_dir_all(base.with_extension("var")).unwrap();
         // Closed for the unmount at shutdown; a forced reopen finds the same files.
         out.close_files();

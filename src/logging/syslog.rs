@@ -121,13 +121,48 @@ impl FromStr for Format {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FacilityCode(pub u8);
 
+/// Facility names by code (ASCII: no Unicode case tables in PID 1 for this).
+const FACILITY_NAMES: [&str; 24] = [
+    "kern",
+    "user",
+    "mail",
+    "daemon",
+    "auth",
+    "syslog",
+    "lpr",
+    "news",
+    "uucp",
+    "cron",
+    "authpriv",
+    "ftp",
+    "ntp",
+    "audit",
+    "alert",
+    "clock_daemon",
+    "local0",
+    "local1",
+    "local2",
+    "local3",
+    "local4",
+    "local5",
+    "local6",
+    "local7",
+];
+
 impl FromStr for FacilityCode {
     type Err = SyslogError;
 
+    /// `daemon`, `LOG_DAEMON`, `local0`...
     fn from_str(s: &str) -> Result<Self, SyslogError> {
-        Facility::from_str(s)
-            .map(|f| FacilityCode(f as u8 >> 3))
-            .map_err(|_| SyslogError::Facility(s.into()))
+        let name = match s.get(..4) {
+            Some(p) if p.eq_ignore_ascii_case("log_") => s.get(4..).unwrap_or(s),
+            _ => s,
+        };
+        FACILITY_NAMES
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(name))
+            .map(|i| FacilityCode(i as u8))
+            .ok_or_else(|| SyslogError::Facility(s.into()))
     }
 }
 
@@ -686,6 +721,24 @@ mod tests {
             "{t}"
         );
         assert!(text(&cfg, None, &msg(" ", Level::Info, "n")).contains(" - 42 1 - n"));
+    }
+
+    #[test]
+    fn facilities_by_name() {
+        let code = |s: &str| s.parse::<FacilityCode>().map(|f| f.0).ok();
+        assert_eq!(code("daemon"), Some(3));
+        assert_eq!(code("LOG_LOCAL3"), Some(19));
+        assert_eq!(code("Kern"), Some(0));
+        assert_eq!(code("log_clock_daemon"), Some(15));
+        assert_eq!(code("local8"), None);
+        assert_eq!(code("log_"), None);
+        assert_eq!(code("d\u{e9}mon"), None);
+        // Each code is the crate's facility with the same name.
+        for (i, name) in FACILITY_NAMES.iter().enumerate() {
+            let theirs = Facility::from_str(name).map(|f| f as u8 >> 3);
+            assert_eq!(theirs, Ok(i as u8), "{name}");
+            assert_eq!(FacilityCode(i as u8).facility() as u8 >> 3, i as u8);
+        }
     }
 
     #[test]
