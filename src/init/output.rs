@@ -430,16 +430,11 @@ impl Sinks<'_> {
             c.line(self.name, line);
         }
         if let Some(f) = self.syslog.as_mut() {
-            // stdout is information; stderr is where programs report trouble: a warning.
-            let (level, number) = match stream {
-                Stream::Stdout => (syslog::Level::Info, 1),
-                Stream::Stderr => (syslog::Level::Warning, 2),
-            };
             f.push(&syslog::Message {
                 app: self.app,
                 pid: self.pid,
-                level,
-                stream: number,
+                level: syslog::stream_level(stream),
+                stream: syslog::stream_number(stream),
                 text: line,
             });
         }

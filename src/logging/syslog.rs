@@ -399,8 +399,8 @@ pub struct Forwarder {
     /// Bytes of the front message already written on the current TCP connection.
     sent: usize,
     delay: Duration,
-    /// Why the destination was last unreachable, said once per outage.
-    outage: Option<String>,
+    /// The destination is unreachable (said once per outage).
+    outage: bool,
     /// Messages dropped and not reported yet.
     lost: u64,
     dropped_total: u64,
@@ -425,15 +425,11 @@ impl Forwarder {
             interest: None,
             sent: 0,
             delay: RETRY_FIRST,
-            outage: None,
+            outage: false,
             lost: 0,
             dropped_total: 0,
             own_seq: 0,
         }
-    }
-
-    pub fn destination(&self) -> &Destination {
-        &self.cfg.destination
     }
 
     /// Format and queue a message; it goes out at the next `flush`.
@@ -479,9 +475,18 @@ impl Forwarder {
         }
     }
 
-    /// The socket is readable or writable: finish a connect, notice a closed connection,
-    /// then send what can be sent.
+    /// The socket is readable or writable, or has an error: finish a connect, notice a
+    /// closed connection or a refusal, then send what can be sent.
     pub fn ready(&mut self, epoll: &Epoll, now: Duration) {
+        if let (Some(sock), false) = (self.sock.as_ref(), self.is_tcp()) {
+            // A datagram socket wakes us with an error (an ICMP refusal of an earlier
+            // datagram): reading it clears it, else epoll would report it again and again.
+            match socket::getsockopt(sock, sockopt::SocketError) {
+                Ok(0) => {}
+                Ok(e) => return self.down(epoll, now, "refused", Errno::from_raw(e)),
+                Err(e) => return self.down(epoll, now, "socket error", e),
+            }
+        }
         if let (Some(sock), true) = (self.sock.as_ref(), self.is_tcp()) {
             match self.link {
                 Link::Connecting => match socket::getsockopt(sock, sockopt::SocketError) {
@@ -610,20 +615,20 @@ impl Forwarder {
         self.link = Link::Down {
             retry: now + self.delay,
         };
-        if self.outage.is_none() {
+        if !self.outage {
             log::info!(
                 "syslog {}: {what}: {e}; keeping up to {} KiB of messages and retrying",
                 self.cfg.destination,
                 QUEUE_BYTES / 1024
             );
         }
-        self.outage = Some(format!("{what}: {e}"));
+        self.outage = true;
         self.delay = (self.delay * 2).min(RETRY_MAX);
     }
 
     /// A message went through: end any outage, and say what was dropped meanwhile.
     fn recovered(&mut self) {
-        if self.outage.take().is_some() {
+        if std::mem::take(&mut self.outage) {
             log::info!(target: super::OK, "syslog {} reached", self.cfg.destination);
         }
         if self.lost > 0 {
@@ -665,10 +670,19 @@ impl Forwarder {
     }
 }
 
-fn stream_number(s: super::capture::Stream) -> u32 {
+/// A stream's number (the RFC 5424 MSGID) and the severity of a container's line on it:
+/// stdout is information; stderr is where programs report trouble, a warning.
+pub fn stream_number(s: super::capture::Stream) -> u32 {
     match s {
         super::capture::Stream::Stdout => 1,
         super::capture::Stream::Stderr => 2,
+    }
+}
+
+pub fn stream_level(s: super::capture::Stream) -> Level {
+    match s {
+        super::capture::Stream::Stdout => Level::Info,
+        super::capture::Stream::Stderr => Level::Warning,
     }
 }
 
@@ -843,6 +857,31 @@ mod tests {
         );
         assert_eq!(f.link, Link::Up);
         assert_eq!(f.deadline(), None);
+    }
+
+    #[test]
+    fn a_refusal_with_nothing_to_send_does_not_keep_waking_the_loop() {
+        let rig = Rig::new();
+        let mut f = Forwarder::new(Config::new(Destination::Udp(free_udp_port())));
+        f.push(&msg("svc", Level::Info, "to nobody"));
+        f.flush(&rig.epoll, rig.now());
+        assert_eq!(
+            (f.link, f.queue.len()),
+            (Link::Up, 0),
+            "sent, as far as UDP knows"
+        );
+        // The refusal arrives as a socket error: one wake-up, then quiet.
+        let mut wakeups = 0;
+        for _ in 0..20 {
+            let mut ev = [EpollEvent::empty(); 4];
+            if rig.epoll.wait(&mut ev, EpollTimeout::from(10u8)).unwrap_or(0) > 0 {
+                wakeups += 1;
+                f.ready(&rig.epoll, rig.now());
+            }
+        }
+        assert!(wakeups <= 2, "{wakeups} wake-ups for one refusal");
+        assert!(matches!(f.link, Link::Down { .. }));
+        assert_eq!(f.deadline(), None, "nothing queued: no retry timer either");
     }
 
     #[test]
