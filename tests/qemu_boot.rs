@@ -539,3 +539,166 @@ fn the_watchdog_is_petted_and_a_halted_machine_stays_halted() {
         b.console
     );
 }
+
+/// One boot for three things: log files on a persistent disk that an onboot container mounts
+/// over /var/log, every line forwarded to a syslog receiver on the host (UDP through QEMU's
+/// user network), and a service restarted by its sd_notify watchdog.
+#[test]
+fn logs_reach_the_persistent_disk_and_syslog_and_the_watchdog_restarts_a_silent_service() {
+    require_root();
+    let kernel = env_path("KEEL_KERNEL", "run scripts/build-kernel.sh");
+    let initrd = build_image("tests/images/persist");
+    let dir = scratch("persist");
+    // The disk: ext4 made on the host, with a log line from an earlier boot already there.
+    let disk = dir.join("disk.img");
+    let run = |cmd: &mut Command| {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e} (install e2fsprogs)"));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    std::fs::File::create(&disk).unwrap().set_len(16 << 20).unwrap();
+    run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disk));
+    let earlier = dir.join("earlier");
+    std::fs::write(&earlier, "0.500000 out talker: from the previous boot\n").unwrap();
+    run(Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(format!("write {} talker.log", earlier.display()))
+        .arg(&disk));
+
+    // The syslog receiver: the guest reaches the host's loopback as 10.0.2.2.
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = receiver.local_addr().unwrap().port();
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let collector = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(n) = receiver.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        got
+    });
+    let (b, _) = boot_until(
+        &kernel,
+        &initrd,
+        &format!("keel.syslog=udp://10.0.2.2:{port}"),
+        None,
+        &format!(
+            "-drive file={},format=raw,if=virtio -netdev user,id=n0 -device virtio-net-pci,netdev=n0",
+            disk.display()
+        ),
+        Duration::ZERO,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let messages = collector.join().unwrap();
+    let forbidden = [NEVER, &["could not unmount", "earlier log files left"]].concat();
+    assert_in_order(
+        &b,
+        "the disk an onboot container mounts over /var/log gets the log files",
+        &[
+            "net: eth0 10.0.2.15/24 up",
+            "disk: mounting /dev/vda on /var/log",
+            "disk: mounted /dev/vda on /var/log",
+            "keel: [  OK  ] /var/log is on another filesystem now: log files reopened there; earlier log files appended there: onboot-net.log (",
+            "keel: [  OK  ] onboot disk finished: exit code 0",
+            "keel: [  OK  ] started service talker",
+            "reboot: Power down",
+        ],
+        &forbidden,
+    );
+    assert_in_order(
+        &b,
+        "the sd_notify watchdog",
+        &[
+            "wd: WATCHDOG_USEC=2000000",
+            "wd: going silent",
+            "keel: [FAILED] service wd missed its watchdog: no WATCHDOG=1 within 2s; sending SIGABRT",
+            "wd: got SIGABRT",
+            "keel: restarting service wd in 100ms",
+            "keel: [  OK  ] started service wd",
+            "driver: restarts:  1",
+            "driver: last exit: exit code 3 (watchdog timeout: no WATCHDOG=1 within 2s)",
+            "keel: poweroff requested through /run/keel/ctl.sock",
+            "reboot: Power down",
+        ],
+        &forbidden,
+    );
+
+    // Syslog: the service's lines under its own name, stderr as a warning (facility daemon:
+    // <30> info, <28> warning), the onboot lines queued until the network was up, and
+    // PID 1's own messages as `keel`.
+    // RFC 5424: <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID(stream) - TEXT
+    for (pri, app, tail) in [
+        ("<30>", "talker", "1 - talker: hello on stdout"),
+        ("<28>", "talker", "2 - talker: trouble on stderr"),
+        ("<30>", "onboot-net", "1 - net: eth0 10.0.2.15/24 up"),
+        ("<30>", "onboot-disk", "1 - disk: mounted /dev/vda on /var/log"),
+        ("<29>", "keel", "1 - started service talker"),
+        (
+            "<27>",
+            "keel",
+            "2 - service wd missed its watchdog: no WATCHDOG=1 within 2s; sending SIGABRT",
+        ),
+    ] {
+        let head = format!("{pri}1 ");
+        let from = format!(" keel-persist {app} ");
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.starts_with(&head) && m.contains(&from) && m.ends_with(&format!(" {tail}"))),
+            "no syslog message {head}...{from}...{tail}; received:\n{}\n----- console -----\n{}",
+            messages.join("\n"),
+            b.console
+        );
+    }
+
+    // After poweroff the disk holds the logs: the earlier boot's line, then this boot's.
+    let cat = |name: &str| {
+        run(Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("cat {name}"))
+            .arg(&disk))
+    };
+    let talker = cat("talker.log");
+    let lines: Vec<&str> = talker.lines().collect();
+    assert!(
+        lines.first() == Some(&"0.500000 out talker: from the previous boot")
+            && lines.iter().any(|l| l.ends_with(" out talker: hello on stdout"))
+            && lines
+                .iter()
+                .any(|l| l.ends_with(" err talker: trouble on stderr")),
+        "talker.log on the disk:\n{talker}\n----- console -----\n{}",
+        b.console
+    );
+    for (file, line) in [
+        ("onboot-disk.log", " out disk: mounting /dev/vda on /var/log"),
+        ("onboot-disk.log", " out disk: mounted /dev/vda on /var/log"),
+        ("onboot-net.log", " out net: eth0 10.0.2.15/24 up"),
+        ("wd.log", " out wd: got SIGABRT"),
+    ] {
+        let text = cat(file);
+        assert!(text.contains(line), "{file} on the disk:\n{text}");
+    }
+    // Unmounted cleanly at poweroff (nothing held it busy): no journal left to replay, and
+    // nothing to repair.
+    let header = run(Command::new("dumpe2fs").arg("-h").arg(&disk));
+    assert!(
+        header.contains("Filesystem state:         clean") && !header.contains("needs_recovery"),
+        "the disk was not unmounted cleanly:\n{header}\n----- console -----\n{}",
+        b.console
+    );
+    run(Command::new("e2fsck").args(["-f", "-n"]).arg(&disk));
+}

@@ -589,12 +589,9 @@ fn assemble(
         }
         None => {}
     }
-    let cmdline_text = m
-        .kernel
-        .as_ref()
-        .and_then(|k| k.cmdline.clone())
-        .unwrap_or_default();
-    if m.kernel.is_some() {
+    // The manifest's kernel options plus keel's own (syslog).
+    let cmdline_text = m.cmdline();
+    if m.kernel.is_some() || m.syslog.is_some() {
         let cmdline = out.join("cmdline");
         fs::write(&cmdline, format!("{cmdline_text}\n")).map_err(io("cannot write", &cmdline))?;
         artefacts.push(cmdline);

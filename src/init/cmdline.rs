@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::duration;
+use crate::logging::syslog;
 
 /// What to do when an onboot container fails (non-zero exit, timeout, or cannot start).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +33,9 @@ pub struct Options {
     pub stop_timeout: Duration,
     /// `keel.watchdog=DURATION`: arm /dev/watchdog with this timeout and pet it.
     pub watchdog: Option<Duration>,
+    /// `keel.syslog=udp://IP:PORT|tcp://IP:PORT|unix:/PATH`, with `keel.syslog_facility=`
+    /// and `keel.syslog_format=`: forward every log line there.
+    pub syslog: Option<syslog::Config>,
     /// Problems found while parsing, reported once logging is up.
     pub warnings: Vec<String>,
 }
@@ -46,6 +50,7 @@ impl Default for Options {
             onshutdown_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(10),
             watchdog: None,
+            syslog: None,
             warnings: Vec::new(),
         }
     }
@@ -83,6 +88,7 @@ fn words(cmdline: &str) -> Vec<String> {
 
 pub fn parse(cmdline: &str) -> Options {
     let mut o = Options::default();
+    let (mut facility, mut format) = (None, None);
     for word in words(cmdline) {
         let (key, value) = match word.split_once('=') {
             Some((k, v)) => (k, Some(v)),
@@ -130,9 +136,31 @@ pub fn parse(cmdline: &str) -> Options {
                     "kernel option {word}: expected a duration of at least 2s; no watchdog"
                 )),
             },
+            "keel.syslog" => match value.unwrap_or("").parse() {
+                Ok(d) => o.syslog = Some(syslog::Config::new(d)),
+                Err(e) => o.warnings.push(format!("kernel option {word}: {e}; no syslog forwarding")),
+            },
+            "keel.syslog_facility" => match value.unwrap_or("").parse() {
+                Ok(f) => facility = Some(f),
+                Err(e) => o.warnings.push(format!("kernel option {word}: {e}; using daemon")),
+            },
+            "keel.syslog_format" => match value.unwrap_or("").parse() {
+                Ok(f) => format = Some(f),
+                Err(e) => o.warnings.push(format!("kernel option {word}: {e}; using the default")),
+            },
             k if k.starts_with("keel.") => o.warnings.push(format!("unknown kernel option {word}; ignored")),
             _ => {}
         }
+    }
+    match o.syslog.as_mut() {
+        Some(c) => {
+            c.facility = facility.unwrap_or(c.facility);
+            c.format = format;
+        }
+        None if facility.is_some() || format.is_some() => o
+            .warnings
+            .push("keel.syslog_facility and keel.syslog_format need keel.syslog; ignored".into()),
+        None => {}
     }
     o
 }
@@ -174,6 +202,47 @@ mod tests {
         assert_eq!(o.warnings.len(), 5, "{:?}", o.warnings);
         assert!(o.warnings.iter().any(|w| w.contains("keel.frobnicate")));
         assert!(o.warnings.iter().any(|w| w.contains("explode")));
+    }
+
+    #[test]
+    fn syslog_destinations() {
+        use crate::logging::syslog::{Destination, FacilityCode, Format};
+        let o = parse("keel.syslog=udp://10.0.2.2:514");
+        let c = o.syslog.unwrap();
+        assert_eq!(c.destination, Destination::Udp("10.0.2.2:514".parse().unwrap()));
+        assert_eq!((c.facility, c.format()), (FacilityCode::DAEMON, Format::Rfc5424));
+        let c = parse("keel.syslog_facility=local3 keel.syslog=tcp://[fd00::1] keel.syslog_format=rfc3164")
+            .syslog
+            .unwrap();
+        assert_eq!(c.destination, Destination::Tcp("[fd00::1]:514".parse().unwrap()));
+        assert_eq!((c.facility, c.format()), (FacilityCode(19), Format::Rfc3164));
+        let c = parse("keel.syslog=unix:/dev/log").syslog.unwrap();
+        assert_eq!(c.destination, Destination::Unix("/dev/log".into()));
+        assert_eq!(c.format(), Format::Rfc3164, "what local daemons expect");
+        assert_eq!(
+            parse("keel.syslog=unix:///dev/log").syslog.unwrap().destination,
+            Destination::Unix("/dev/log".into())
+        );
+        assert_eq!(
+            parse("keel.syslog=udp://192.0.2.7").syslog.unwrap().destination,
+            Destination::Udp("192.0.2.7:514".parse().unwrap())
+        );
+        for bad in [
+            "keel.syslog=udp://logs.example:514",
+            "keel.syslog=http://10.0.0.1",
+            "keel.syslog=unix:dev/log",
+            "keel.syslog",
+            "keel.syslog=tcp://10.0.0.1:99999",
+        ] {
+            let o = parse(bad);
+            assert!(o.syslog.is_none(), "{bad}");
+            assert_eq!(o.warnings.len(), 1, "{bad}: {:?}", o.warnings);
+        }
+        assert!(parse("keel.syslog=udp://logs.example").warnings[0].contains("must be an IP address"));
+        let o = parse("keel.syslog=udp://10.0.0.1 keel.syslog_facility=mars keel.syslog_format=json");
+        assert_eq!(o.warnings.len(), 2, "{:?}", o.warnings);
+        assert_eq!(o.syslog.unwrap().facility, FacilityCode::DAEMON);
+        assert_eq!(parse("keel.syslog_facility=user").warnings.len(), 1);
     }
 
     #[test]

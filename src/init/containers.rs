@@ -234,6 +234,13 @@ fn apply(spec: &mut UnitSpec, key: &str, text: &str) -> Result<(), String> {
                 .filter(|&n| n > 0)
                 .ok_or("expected a positive number")?
         }
+        "watchdog" => {
+            let t = dur()?;
+            if t.is_zero() {
+                return Err("expected a duration above zero".into());
+            }
+            svc.watchdog = Some(t)
+        }
         "console" => {
             spec.console = match text {
                 "true" | "on" => true,
@@ -355,6 +362,7 @@ mod annotation_tests {
             ("stop_timeout", "2s"),
             ("console", "off"),
             ("stop_signal", "SIGINT"),
+            ("watchdog", "30s"),
         ])
         .unwrap();
         let p = &s.service;
@@ -373,6 +381,7 @@ mod annotation_tests {
         assert_eq!(s.stop_timeout, Duration::from_secs(2));
         assert!(!s.console);
         assert_eq!(s.stop_signal, libc::SIGINT);
+        assert_eq!(p.watchdog, Some(Duration::from_secs(30)));
         assert_eq!(
             spec_with(&[("stop_signal", "hup")]).unwrap().stop_signal,
             libc::SIGHUP
@@ -411,6 +420,8 @@ mod annotation_tests {
             ("healthcheck", "[1, 2]"),
             ("healthcheck", "  "),
             ("health_retries", "0"),
+            ("watchdog", "0"),
+            ("watchdog", "often"),
         ] {
             let e = spec_with(&[(k, v)]).unwrap_err();
             assert!(!e.is_empty(), "{k}={v}");

@@ -111,7 +111,12 @@ impl Driver {
             epoll,
             notify: HashMap::new(),
             status: HashMap::new(),
-            outputs: Outputs::new(names, log_dir, console),
+            outputs: Outputs::new(
+                names,
+                log_dir,
+                console,
+                opts.syslog.clone().map(crate::logging::syslog::Forwarder::new),
+            ),
             timeline: Vec::new(),
             oom: HashSet::new(),
             health_pids: HashMap::new(),
@@ -125,6 +130,27 @@ impl Driver {
             let now = self.now();
             self.outputs.read(id, stream, &self.epoll, now);
         }
+    }
+
+    /// The syslog socket is ready for what the forwarder waits on.
+    pub(super) fn syslog_ready(&mut self) {
+        let now = self.now();
+        if let Some(f) = self.outputs.syslog() {
+            f.ready(&self.epoll, now);
+        }
+    }
+
+    /// Send what the loop step queued (container lines, PID 1's own messages).
+    pub(super) fn syslog_flush(&mut self) {
+        let now = self.now();
+        if let Some(f) = self.outputs.syslog() {
+            f.flush(&self.epoll, now);
+        }
+    }
+
+    /// When the forwarder wants to retry a destination that was down.
+    pub(super) fn syslog_deadline(&mut self) -> Option<Duration> {
+        self.outputs.syslog().and_then(|f| f.deadline())
     }
 
     /// The service's sd_notify socket directory, created (and watched) on first use.
@@ -158,6 +184,7 @@ impl Driver {
     pub(super) fn read_notify(&mut self, id: UnitId) {
         let mut buf = [0u8; 4096];
         let mut ready = false;
+        let mut alive = false;
         while let Some(sock) = self.notify.get(&id) {
             let n = match sock.recv(&mut buf) {
                 Ok(n) => n,
@@ -166,6 +193,7 @@ impl Driver {
             for line in String::from_utf8_lossy(&buf[..n]).lines() {
                 match line.split_once('=') {
                     Some(("READY", "1")) => ready = true,
+                    Some(("WATCHDOG", "1")) => alive = true,
                     Some(("STATUS", text)) => {
                         let text: String = text.chars().take(200).collect();
                         log::debug!("service {}: status {text:?}", self.bundles[id].spec.name);
@@ -174,6 +202,9 @@ impl Driver {
                     _ => {}
                 }
             }
+        }
+        if alive {
+            self.queue.push_back(Event::Watchdog(id));
         }
         if ready {
             self.queue.push_back(Event::Ready(id));
@@ -242,6 +273,7 @@ impl Driver {
                     StopSignal::Term => {
                         Signal::try_from(self.bundles[id].spec.stop_signal).unwrap_or(Signal::SIGTERM)
                     }
+                    StopSignal::Abort => Signal::SIGABRT,
                     StopSignal::Kill => Signal::SIGKILL,
                 };
                 if let (Some(h), Ok(rt)) = (self.running.get_mut(&id), &self.runtime) {
@@ -267,6 +299,10 @@ impl Driver {
             Action::Log(Level::Error, m) => log::error!("{m}"),
             Action::Finish(kind) => {
                 log::info!("all containers stopped; {kind}");
+                // Last words to syslog, as far as the socket takes them without waiting.
+                self.syslog_flush();
+                // Nothing keeps the log filesystem busy: it unmounts cleanly.
+                self.outputs.close_files();
                 shutdown::finish(kind)
             }
         }
@@ -301,8 +337,9 @@ impl Driver {
         // Output goes to the console; input never comes from it (a container must not
         // compete with a console login for keystrokes).
         let stdin = fs::File::open("/dev/null").ok().map(Into::into);
-        let notify_dir = match b.spec.service.readiness {
-            Readiness::Notify if b.spec.kind == Kind::Service => match self.notify_dir(id) {
+        let notify = b.spec.service.readiness == Readiness::Notify || b.spec.service.watchdog.is_some();
+        let notify_dir = match notify {
+            true if b.spec.kind == Kind::Service => match self.notify_dir(id) {
                 Ok(d) => Some(d),
                 Err(e) => {
                     self.queue.push_back(Event::StartFailed(id, e));
@@ -341,6 +378,7 @@ impl Driver {
         match result {
             Ok(h) => {
                 log::debug!("{} {}: pid {}", b.spec.kind, b.spec.name, h.pid);
+                self.outputs.set_pid(id, h.pid.as_raw());
                 self.by_pid.insert(h.pid, id);
                 self.running.insert(id, h);
                 self.queue.push_back(Event::Started(id));
@@ -389,6 +427,10 @@ impl Driver {
                     }
                     let now = self.now();
                     self.outputs.close(id, &self.epoll, now);
+                    // An onboot container may have mounted the persistent disk over /var/log.
+                    if self.bundles[id].spec.kind == Kind::Onboot {
+                        self.outputs.follow_log_dir(false);
+                    }
                     self.queue.push_back(Event::Exited(id, exit));
                 }
                 None => log::debug!("reaped orphan {pid} ({exit})"),
@@ -428,6 +470,9 @@ impl Driver {
     pub(super) fn on_signal(&mut self, sig: i32) {
         if sig == Signal::SIGCHLD as i32 {
             self.reap();
+        } else if sig == Signal::SIGHUP as i32 {
+            log::info!("SIGHUP: reopening the log files");
+            self.outputs.follow_log_dir(true);
         } else if let Some(kind) = shutdown_for_signal(sig) {
             log::info!("{kind} requested by {}", crate::supervisor::signal_name(sig));
             self.queue.push_back(Event::Shutdown(kind));
@@ -522,9 +567,12 @@ impl Driver {
             pid: self.running.get(&id).map(|h| h.pid.as_raw()),
             uptime_ms,
             restarts: info.restarts,
-            last_exit: info.last_exit.map(|e| match self.oom.contains(&id) {
-                true => format!("{e} (out of memory)"),
-                false => e.to_string(),
+            last_exit: info.last_exit.map(|e| {
+                let oom = self.oom.contains(&id).then_some("out of memory");
+                match oom.or(info.last_reason) {
+                    Some(why) => format!("{e} ({why})"),
+                    None => e.to_string(),
+                }
             }),
             ready,
             health: info.health.clone(),

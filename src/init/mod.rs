@@ -136,7 +136,10 @@ fn boot(root: &Path, dev_cmdline: Option<String>) -> Options {
             Err(e) => log::error!("{e}; containers will not be able to pivot_root"),
         }
     }
-    let mount_errors = mounts::mount_base(root);
+    let mut mount_errors = mounts::mount_base(root);
+    if let Err(e) = mounts::share(root, &root.join(CONTAINERS.trim_start_matches('/'))) {
+        mount_errors.push(e);
+    }
     if !dev {
         crate::logging::open_console();
     }
@@ -311,7 +314,8 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
         let now = driver.now();
         let ctl_due = control.as_mut().and_then(|c| c.expire(&epoll, now));
         let pet_due = watchdog::pet(now);
-        match [driver.machine.next_deadline(), ctl_due, pet_due]
+        let log_due = driver.syslog_deadline();
+        match [driver.machine.next_deadline(), ctl_due, pet_due, log_due]
             .into_iter()
             .flatten()
             .min()
@@ -363,6 +367,7 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
                         }
                     }
                     driver::TOKEN_KMSG => driver.read_kmsg(),
+                    crate::logging::syslog::TOKEN => driver.syslog_ready(),
                     control::TOKEN_LISTEN => {
                         if let Some(c) = control.as_mut() {
                             c.accept(&epoll);
@@ -386,6 +391,7 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
             if let Some(c) = control.as_mut() {
                 c.feed_followers(&epoll, &|unit, after| driver.log_lines(unit, after));
             }
+            driver.syslog_flush();
         }));
         if step.is_err() {
             log::error!("internal error in the event loop; carrying on");

@@ -16,6 +16,12 @@ pub enum MountError {
         path: PathBuf,
         errno: nix::Error,
     },
+    #[error("cannot {what} {path}: {errno}")]
+    Propagation {
+        what: &'static str,
+        path: PathBuf,
+        errno: nix::Error,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +149,50 @@ pub fn mount_base(root: &Path) -> Vec<MountError> {
         }
     }
     errors
+}
+
+/// Let a container's mounts reach the host, the way a disk-mounting onboot container needs:
+/// it binds a directory (say /var/log) with `rshared` and sets `rootfsPropagation: shared`,
+/// and what it mounts there appears in PID 1's tree only if PID 1's mounts are shared (the
+/// kernel creates them private). The runtime makes the mount holding a container's rootfs
+/// private before its pivot_root; were that the shared root itself, the container's binds
+/// would lose their link to the host. So the bundles' directory gets a private mount of its
+/// own. Containers that ask for nothing get slave copies: nothing they mount leaks out.
+pub fn share(root: &Path, containers: &Path) -> Result<(), MountError> {
+    let fail = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |errno| MountError::Propagation { what, path, errno }
+    };
+    let rec = MsFlags::MS_REC;
+    mount(
+        None::<&str>,
+        root,
+        None::<&str>,
+        rec | MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(fail("make shared", root))?;
+    if containers.is_dir() && !is_mount_point(containers) {
+        mount(
+            Some(containers),
+            containers,
+            None::<&str>,
+            rec | MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(fail("bind-mount onto itself", containers))?;
+    }
+    if containers.is_dir() {
+        mount(
+            None::<&str>,
+            containers,
+            None::<&str>,
+            rec | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(fail("make private", containers))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -353,6 +353,34 @@ impl RotatingFile {
         self.failing
     }
 
+    /// Close the file: the next write opens the path again, wherever it now leads (after a
+    /// filesystem was mounted over the directory, or the files were moved away).
+    pub fn reopen(&mut self) {
+        self.file = None;
+        self.written = 0;
+    }
+
+    /// The names of this log's files, oldest first: `name.KEEP` ... `name.1`, `name`.
+    pub fn file_names(&self) -> Vec<std::ffi::OsString> {
+        let mut names: Vec<_> = (1..=self.keep)
+            .rev()
+            .map(|n| self.numbered(n).into_os_string())
+            .collect();
+        names.push(self.path.clone().into_os_string());
+        names
+            .into_iter()
+            .filter_map(|p| Path::new(&p).file_name().map(|n| n.to_os_string()))
+            .collect()
+    }
+
+    /// Append a block of whole lines (the contents of an earlier file), rotating first if
+    /// it does not fit in the current file.
+    pub fn append_block(&mut self, block: &[u8]) -> Result<(), CaptureError> {
+        let result = self.write_bytes(block);
+        self.failing = result.is_err();
+        result
+    }
+
     /// Append `<seconds.micros> <out|err> <text>`, rotating first if the line would not
     /// fit. Newlines in `text` become " | " so one entry stays one line.
     pub fn write_line(&mut self, ts: Duration, stream: Stream, text: &str) -> Result<(), CaptureError> {

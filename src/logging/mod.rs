@@ -3,6 +3,7 @@
 //! drops lines when there is nowhere to write: logging never stops init.
 
 pub mod capture;
+pub mod syslog;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -62,6 +63,20 @@ fn status(level: Level, target: &str) -> Option<(&'static str, &'static str)> {
         Level::Info if target == OK => Some(("  OK  ", "32")),
         _ => None,
     }
+}
+
+/// The syslog severity of one of PID 1's own messages, from its tag, and its text without it.
+pub fn own_level(text: &str) -> (syslog::Level, &str) {
+    for (t, level) in [
+        ("[FAILED] ", syslog::Level::Error),
+        ("[ WARN ] ", syslog::Level::Warning),
+        ("[  OK  ] ", syslog::Level::Notice),
+    ] {
+        if let Some(rest) = text.strip_prefix(t) {
+            return (level, rest);
+        }
+    }
+    (syslog::Level::Info, text)
 }
 
 fn tag(level: Level, target: &str, colour: bool) -> String {

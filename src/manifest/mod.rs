@@ -45,6 +45,69 @@ pub struct Manifest {
     /// LinuxKit's shared volumes; accepted for compatibility, not used yet.
     #[serde(default)]
     pub volumes: Option<serde_norway::Value>,
+    /// keel: forward every log line to a syslog destination (`keel.syslog=` on the cmdline).
+    #[serde(default)]
+    pub syslog: Option<Syslog>,
+}
+
+/// `syslog: udp://10.0.2.2:514`, or `{destination: ..., facility: local0, format: rfc3164}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Syslog {
+    pub destination: String,
+    pub facility: Option<String>,
+    pub format: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Syslog {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            destination: String,
+            #[serde(default)]
+            facility: Option<String>,
+            #[serde(default)]
+            format: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Destination(String),
+            Full(Full),
+        }
+        let bad = || serde::de::Error::custom("expected a destination or {destination, facility, format}");
+        Ok(match Raw::deserialize(d).map_err(|_: D::Error| bad())? {
+            Raw::Destination(destination) => Syslog {
+                destination,
+                ..Syslog::default()
+            },
+            Raw::Full(f) => Syslog {
+                destination: f.destination,
+                facility: f.facility,
+                format: f.format,
+            },
+        })
+    }
+}
+
+impl Manifest {
+    /// The kernel command line `keel build` writes: the manifest's own, plus keel's options
+    /// for what the manifest says at the top level.
+    pub fn cmdline(&self) -> String {
+        let mut words: Vec<String> = self
+            .kernel
+            .as_ref()
+            .and_then(|k| k.cmdline.clone())
+            .into_iter()
+            .filter(|c| !c.trim().is_empty())
+            .collect();
+        if let Some(s) = &self.syslog {
+            words.push(format!("keel.syslog={}", s.destination));
+            words.extend(s.facility.as_ref().map(|f| format!("keel.syslog_facility={f}")));
+            words.extend(s.format.as_ref().map(|f| format!("keel.syslog_format={f}")));
+        }
+        words.join(" ")
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -334,6 +397,9 @@ pub struct Container {
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub start_timeout: Option<Duration>,
+    /// sd_notify watchdog: no `WATCHDOG=1` for this long and the service is restarted.
+    #[serde(default)]
+    pub watchdog: Option<Duration>,
     /// Echo the container's output on the console.
     #[serde(default)]
     pub console: Option<bool>,
@@ -465,6 +531,7 @@ fn check(m: &Manifest, file: &str) -> Result<(), ManifestError> {
                     ("readiness", c.readiness.is_some()),
                     ("healthcheck", c.healthcheck.is_some()),
                     ("start_timeout", c.start_timeout.is_some()),
+                    ("watchdog", c.watchdog.is_some()),
                 ];
                 if let Some((f, _)) = service_only.iter().find(|(_, set)| *set) {
                     return Err(invalid(format!("{at}.{f}: only services have it")));
@@ -482,9 +549,21 @@ fn check(m: &Manifest, file: &str) -> Result<(), ManifestError> {
                     )));
                 }
             }
+            if c.watchdog.is_some_and(|d| d.0.is_zero()) {
+                return Err(invalid(format!("{at}.watchdog: must be above zero")));
+            }
             if c.healthcheck.as_ref().is_some_and(|h| h.command.is_empty()) {
                 return Err(invalid(format!("{at}.healthcheck.command: empty")));
             }
+        }
+    }
+    if let Some(s) = &m.syslog {
+        use crate::logging::syslog::{Destination, FacilityCode, Format};
+        let problem = (s.destination.parse::<Destination>().err())
+            .or_else(|| s.facility.as_ref()?.parse::<FacilityCode>().err())
+            .or_else(|| s.format.as_ref()?.parse::<Format>().err());
+        if let Some(e) = problem {
+            return Err(invalid(format!("syslog: {e}")));
         }
     }
     check_dependencies(&m.services).map_err(invalid)

@@ -125,6 +125,7 @@ services:
     stop_timeout: 20
     stop_signal: SIGINT
     start_timeout: 1m
+    watchdog: 30s
     console: false
   - name: web
     image: web
@@ -149,6 +150,7 @@ services:
         db.start_timeout,
         Some(Duration(std::time::Duration::from_secs(60)))
     );
+    assert_eq!(db.watchdog, Some(Duration(std::time::Duration::from_secs(30))));
     let h = db.healthcheck.as_ref().unwrap();
     assert_eq!(h.interval, Some(Duration(std::time::Duration::from_secs(5))));
     assert_eq!(h.timeout, Some(Duration(std::time::Duration::from_millis(500))));
@@ -224,6 +226,13 @@ fn meaning_checks() {
     assert!(e.contains("unknown capability \"CAP_FLY\""), "{e}");
     let e = err("onboot:\n  - {name: a, image: x, restart: always}\n");
     assert!(e.contains("onboot[0] (a).restart: only services have it"), "{e}");
+    let e = err("onshutdown:\n  - {name: a, image: x, watchdog: 5s}\n");
+    assert!(
+        e.contains("onshutdown[0] (a).watchdog: only services have it"),
+        "{e}"
+    );
+    let e = err("services:\n  - {name: a, image: x, watchdog: 0}\n");
+    assert!(e.contains("services[0] (a).watchdog: must be above zero"), "{e}");
     let e = err("services:\n  - {name: a, image: x, readiness: healthcheck}\n");
     assert!(e.contains("healthcheck needs a healthcheck"), "{e}");
     let e = err("services:\n  - {name: a, image: x, readiness: {file: run/x}}\n");
@@ -257,4 +266,45 @@ fn dependencies_must_exist_and_form_no_cycle() {
 fn empty_manifest_is_an_image_with_nothing() {
     let m = parse("{}\n", "t").unwrap();
     assert_eq!(m, Manifest::default());
+}
+
+#[test]
+fn syslog_becomes_kernel_options() {
+    let m = parse(
+        "kernel: {image: k, cmdline: \"console=ttyS0\"}\nsyslog: udp://10.0.2.2:514\n",
+        "t.yml",
+    )
+    .unwrap();
+    assert_eq!(m.cmdline(), "console=ttyS0 keel.syslog=udp://10.0.2.2:514");
+    let m = parse(
+        "syslog: {destination: \"tcp://[fd00::1]:601\", facility: local0, format: rfc3164}\n",
+        "t.yml",
+    )
+    .unwrap();
+    assert_eq!(
+        m.cmdline(),
+        "keel.syslog=tcp://[fd00::1]:601 keel.syslog_facility=local0 keel.syslog_format=rfc3164"
+    );
+    assert_eq!(parse("kernel: {image: k}\n", "t.yml").unwrap().cmdline(), "");
+    for (yaml, want) in [
+        (
+            "syslog: udp://logs.example:514\n",
+            "syslog: syslog destination \"udp://logs.example:514\": the host must be an IP address",
+        ),
+        (
+            "syslog: {destination: unix:/dev/log, facility: mars}\n",
+            "syslog: syslog facility \"mars\"",
+        ),
+        (
+            "syslog: {destination: unix:/dev/log, format: json}\n",
+            "syslog: syslog format \"json\"",
+        ),
+        (
+            "syslog: {destination: unix:/dev/log, level: 3}\n",
+            "expected a destination or {destination, facility, format}",
+        ),
+    ] {
+        let e = err(yaml);
+        assert!(e.contains(want), "{yaml}: {e}");
+    }
 }

@@ -484,13 +484,26 @@ impl Runtime {
                 Some(m) => m.push(mount),
                 None => v["mounts"] = json!([mount]),
             }
-            let env = format!("NOTIFY_SOCKET={NOTIFY_MOUNT}/notify.sock");
+            let mut env = vec![format!("NOTIFY_SOCKET={NOTIFY_MOUNT}/notify.sock")];
+            // The sd_notify watchdog, as the protocol tells it (no WATCHDOG_PID: the service's PID
+            // differs inside its PID namespace). The value is the one PID 1 enforces.
+            let watchdog = v
+                .pointer("/annotations/org.keel.watchdog")
+                .and_then(Value::as_str)
+                .and_then(|w| crate::duration::parse(w).ok())
+                .filter(|t| !t.is_zero());
+            if let Some(t) = watchdog {
+                env.push(format!("WATCHDOG_USEC={}", t.as_micros()));
+            }
             match v["process"]["env"].as_array_mut() {
                 Some(e) => {
-                    e.retain(|x| !x.as_str().is_some_and(|x| x.starts_with("NOTIFY_SOCKET=")));
-                    e.push(json!(env));
+                    e.retain(|x| {
+                        let x = x.as_str().unwrap_or("");
+                        !x.starts_with("NOTIFY_SOCKET=") && !x.starts_with("WATCHDOG_")
+                    });
+                    e.extend(env.into_iter().map(Value::from));
                 }
-                None => v["process"]["env"] = json!([env]),
+                None => v["process"]["env"] = json!(env),
             }
         }
         fs::create_dir_all(&dir).map_err(|e| io("cannot create", e))?;

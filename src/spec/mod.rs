@@ -457,6 +457,7 @@ fn annotations(c: &Container) -> BTreeMap<String, String> {
         ("stop_timeout", &c.stop_timeout),
         ("timeout", &c.timeout),
         ("start_timeout", &c.start_timeout),
+        ("watchdog", &c.watchdog),
     ] {
         if let Some(d) = d {
             set(k, dur(d));

@@ -278,3 +278,24 @@ fn hostname_only_with_a_uts_namespace_of_its_own() {
     let s = generate(&m.services[2], Section::Service, &image()).unwrap();
     assert_eq!(s["hostname"], "c");
 }
+
+#[test]
+fn the_watchdog_becomes_an_annotation_pid1_reads_back() {
+    let c = container("{name: wd, image: x, watchdog: 10s}");
+    let s = generate(&c, Section::Service, &image()).unwrap();
+    assert_eq!(s["annotations"]["org.keel.watchdog"], "10000ms");
+    let dir = std::env::temp_dir().join(format!("keel-spec-wd-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("services/wd")).unwrap();
+    std::fs::write(
+        dir.join("services/wd/config.json"),
+        serde_json::to_vec(&s).unwrap(),
+    )
+    .unwrap();
+    let (b, warnings) = crate::init::containers::discover(&dir, &crate::init::cmdline::Options::default());
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        b[0].spec.service.watchdog,
+        Some(std::time::Duration::from_secs(10))
+    );
+}

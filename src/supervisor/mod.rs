@@ -125,6 +125,9 @@ impl fmt::Display for ShutdownKind {
 pub enum StopSignal {
     /// The unit's stop signal (SIGTERM unless configured).
     Term,
+    /// SIGABRT, for a missed watchdog: a hung service's own stop handler cannot be trusted,
+    /// and where core dumps are enabled it leaves one to debug the hang.
+    Abort,
     Kill,
 }
 
@@ -142,6 +145,8 @@ pub enum StopWhy {
     Restart,
     /// Its health check failed too often: a failure, restarted per its policy.
     Unhealthy,
+    /// It sent no `WATCHDOG=1` within its watchdog time: a failure, restarted per its policy.
+    Watchdog,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,6 +221,8 @@ pub enum Event {
     Exited(UnitId, Exit),
     /// A health check ended: passed or not.
     Health(UnitId, bool),
+    /// The service sent `WATCHDOG=1`: it is alive.
+    Watchdog(UnitId),
     /// poweroff / reboot / halt was requested.
     Shutdown(ShutdownKind),
     /// `keel ctl start|stop|restart NAME`.
@@ -271,6 +278,10 @@ struct Unit {
     last_exit: Option<Exit>,
     started_at: Option<Time>,
     health: Health,
+    /// When the running service must have sent `WATCHDOG=1` by.
+    watchdog_due: Option<Time>,
+    /// Why the last run counted as a failure beyond its exit (watchdog, unhealthy...).
+    last_reason: Option<String>,
 }
 
 /// Health-check bookkeeping for the current run.
@@ -296,6 +307,8 @@ pub struct UnitInfo<'a> {
     pub started_at: Option<Time>,
     /// "healthy", "unhealthy (N failed)" or "starting", for services with a health check.
     pub health: Option<String>,
+    /// Why the last run ended as a failure, when its exit alone does not say.
+    pub last_reason: Option<&'a str>,
 }
 
 pub struct Machine {
@@ -323,6 +336,8 @@ impl Machine {
                     last_exit: None,
                     started_at: None,
                     health: Health::default(),
+                    watchdog_due: None,
+                    last_reason: None,
                 })
                 .collect(),
             phase: Phase::NotBooted,
@@ -409,6 +424,7 @@ impl Machine {
             last_exit: u.last_exit,
             started_at: u.started_at,
             health,
+            last_reason: u.last_reason.as_deref(),
         }
     }
 
@@ -482,6 +498,7 @@ impl Machine {
             }
             Event::Exited(id, exit) if valid(id) => self.exited(now, id, exit),
             Event::Health(id, ok) if valid(id) => self.health_result(now, id, ok),
+            Event::Watchdog(id) if valid(id) => self.watchdog_ping(now, id),
             Event::Shutdown(kind) => self.shutdown(now, kind),
             Event::UserStart(id) if valid(id) => self.user_start(now, id, false),
             Event::UserRestart(id) if valid(id) => self.user_start(now, id, true),
@@ -507,6 +524,7 @@ impl Machine {
         (0..self.units.len())
             .filter_map(|id| self.deadline(id))
             .chain((0..self.units.len()).filter_map(|id| self.health_deadline(id)))
+            .chain((0..self.units.len()).filter_map(|id| self.watchdog_deadline(id)))
             .chain(shutdown)
             .min()
     }
@@ -590,6 +608,44 @@ impl Machine {
         }
     }
 
+    fn watchdog_deadline(&self, id: UnitId) -> Option<Time> {
+        let u = &self.units[id];
+        match u.state {
+            UnitState::Running { .. } if self.phase == Phase::Up => u.watchdog_due,
+            _ => None,
+        }
+    }
+
+    fn watchdog_ping(&mut self, now: Time, id: UnitId) {
+        let u = &mut self.units[id];
+        if let (UnitState::Running { .. }, Some(t)) = (&u.state, u.spec.service.watchdog) {
+            u.watchdog_due = Some(now + t);
+        }
+    }
+
+    fn fire_watchdogs(&mut self, now: Time) {
+        for id in 0..self.units.len() {
+            match (self.watchdog_deadline(id), self.units[id].spec.service.watchdog) {
+                (Some(d), Some(t)) if d <= now => {
+                    self.units[id].watchdog_due = None;
+                    let m = format!(
+                        "{} missed its watchdog: no WATCHDOG=1 within {}; sending SIGABRT",
+                        self.label(id),
+                        human(t)
+                    );
+                    self.log(Level::Error, m);
+                    self.units[id].state = UnitState::Stopping {
+                        since: now,
+                        killed: false,
+                        why: StopWhy::Watchdog,
+                    };
+                    self.out.push(Action::Signal(id, StopSignal::Abort));
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn deadline(&self, id: UnitId) -> Option<Time> {
         let u = &self.units[id];
         match u.state {
@@ -618,6 +674,7 @@ impl Machine {
         }
         if self.phase == Phase::Up {
             self.fire_health(now);
+            self.fire_watchdogs(now);
             self.schedule(now);
         }
     }
@@ -713,6 +770,13 @@ impl Machine {
             next: u.spec.service.healthcheck.as_ref().map(|c| now + c.interval),
             ..Health::default()
         };
+        // The watchdog runs from the start, as WATCHDOG_USEC tells the service.
+        u.watchdog_due = u
+            .spec
+            .service
+            .watchdog
+            .filter(|_| u.spec.kind == Kind::Service)
+            .map(|t| now + t);
         if u.spec.kind == Kind::Service {
             let m = match &u.spec.service.readiness {
                 Readiness::Started => format!("started service {}", u.spec.name),
@@ -772,6 +836,11 @@ impl Machine {
                 }
                 Some(StopWhy::Timeout) => self.ended(now, id, Some(exit), Some("not ready in time".into())),
                 Some(StopWhy::Unhealthy) => self.ended(now, id, Some(exit), Some("unhealthy".into())),
+                Some(StopWhy::Watchdog) => {
+                    let t = self.units[id].spec.service.watchdog.unwrap_or_default();
+                    let why = format!("watchdog timeout: no WATCHDOG=1 within {}", human(t));
+                    self.ended(now, id, Some(exit), Some(why))
+                }
                 None => {
                     let level = if exit.success() { Level::Info } else { Level::Warn };
                     self.log(level, format!("{label} exited: {exit}"));
@@ -793,6 +862,7 @@ impl Machine {
             return;
         }
         let failed = failure.is_some() || !exit.is_some_and(Exit::success);
+        self.units[id].last_reason = failure.clone();
         let label = self.label(id);
         let policy = self.units[id].spec.service.clone();
         let stopping = matches!(self.phase, Phase::StoppingServices { .. });

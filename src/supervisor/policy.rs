@@ -73,6 +73,9 @@ pub struct ServicePolicy {
     /// Not ready within this long after starting: stopped and counted as a failure.
     pub start_timeout: Duration,
     pub healthcheck: Option<Healthcheck>,
+    /// sd_notify watchdog: a run with no `WATCHDOG=1` for this long is stopped (SIGABRT,
+    /// then SIGKILL) and counts as a failure.
+    pub watchdog: Option<Duration>,
 }
 
 impl Default for ServicePolicy {
@@ -93,6 +96,7 @@ impl Default for ServicePolicy {
             readiness: Readiness::Started,
             start_timeout: Duration::from_secs(60),
             healthcheck: None,
+            watchdog: None,
         }
     }
 }

@@ -753,3 +753,93 @@ fn readiness_by_health_check_gates_dependents() {
     assert!(logs(&a).contains(&"service db is ready (health check passed)".to_string()));
     assert_eq!(non_log(a), vec![Action::Start(1)]);
 }
+
+fn watched(name: &str, secs_: u64) -> UnitSpec {
+    let mut u = unit(name, Kind::Service);
+    u.service.watchdog = Some(secs(secs_));
+    u.stop_timeout = secs(3);
+    u
+}
+
+#[test]
+fn a_service_that_stops_pinging_its_watchdog_is_aborted_and_restarted_as_a_failure() {
+    let mut m = Machine::new(vec![watched("wd", 10)], OnbootFailure::Continue);
+    m.handle(secs(0), Event::Boot);
+    m.handle(secs(0), Event::Started(0));
+    // The deadline runs from the start and moves with every ping.
+    assert_eq!(m.next_deadline(), Some(secs(10)));
+    assert_eq!(m.handle(secs(4), Event::Watchdog(0)), vec![]);
+    assert_eq!(m.next_deadline(), Some(secs(14)));
+    m.handle(secs(9), Event::Watchdog(0));
+    assert_eq!(non_log(m.tick(secs(18))), vec![], "19s is the deadline now");
+    let a = m.tick(secs(19));
+    assert_eq!(
+        logs(&a),
+        ["service wd missed its watchdog: no WATCHDOG=1 within 10s; sending SIGABRT"]
+    );
+    assert_eq!(non_log(a), vec![Action::Signal(0, StopSignal::Abort)]);
+    // A ping while it stops changes nothing; it ignores SIGABRT: SIGKILL after stop_timeout.
+    assert_eq!(m.handle(secs(20), Event::Watchdog(0)), vec![]);
+    assert_eq!(m.next_deadline(), Some(secs(22)));
+    assert_eq!(
+        non_log(m.tick(secs(22))),
+        vec![Action::Signal(0, StopSignal::Kill)]
+    );
+    m.handle(secs(22), Event::Exited(0, Exit::Signal(libc::SIGKILL)));
+    assert_eq!(
+        m.state(0),
+        &UnitState::Backoff {
+            until: secs(22) + ms(100)
+        }
+    );
+    let info = m.info(0);
+    assert_eq!(
+        info.last_reason,
+        Some("watchdog timeout: no WATCHDOG=1 within 10s")
+    );
+    assert_eq!(info.last_exit, Some(Exit::Signal(libc::SIGKILL)));
+    // The next run gets a fresh deadline; a clean exit clears the reason.
+    assert_eq!(non_log(m.tick(secs(23))), vec![Action::Start(0)]);
+    m.handle(secs(23), Event::Started(0));
+    assert_eq!(m.next_deadline(), Some(secs(33)));
+    m.handle(secs(24), Event::Exited(0, Exit::Code(0)));
+    assert_eq!(m.info(0).last_reason, None);
+}
+
+#[test]
+fn a_failing_watchdog_obeys_the_restart_policy_and_a_silent_service_without_one_is_left_alone() {
+    let mut wd = watched("wd", 2);
+    wd.service.restart = Restart::Never;
+    let mut m = Machine::new(vec![wd, unit("plain", Kind::Service)], OnbootFailure::Continue);
+    m.handle(secs(0), Event::Boot);
+    m.handle(secs(0), Event::Started(0));
+    m.handle(secs(0), Event::Started(1));
+    // Pings to a service without a watchdog are ignored.
+    assert_eq!(m.handle(secs(1), Event::Watchdog(1)), vec![]);
+    assert_eq!(
+        non_log(m.tick(secs(2))),
+        vec![Action::Signal(0, StopSignal::Abort)]
+    );
+    m.handle(secs(2), Event::Exited(0, Exit::Signal(libc::SIGABRT)));
+    assert_eq!(
+        m.state(0),
+        &UnitState::Exited {
+            exit: Exit::Signal(libc::SIGABRT),
+            timed_out: false
+        }
+    );
+    assert_eq!(m.next_deadline(), None);
+    assert!(matches!(m.state(1), UnitState::Running { .. }));
+}
+
+#[test]
+fn the_watchdog_does_not_fire_during_shutdown() {
+    let mut m = Machine::new(vec![watched("wd", 5)], OnbootFailure::Continue);
+    m.handle(secs(0), Event::Boot);
+    m.handle(secs(0), Event::Started(0));
+    let a = m.handle(secs(4), Event::Shutdown(ShutdownKind::Poweroff));
+    assert_eq!(non_log(a), vec![Action::Signal(0, StopSignal::Term)]);
+    // 5s passes while it stops: only the stop timeout (4 + 3 = 7s) matters.
+    assert_eq!(m.next_deadline(), Some(secs(7)));
+    assert_eq!(non_log(m.tick(secs(6))), vec![]);
+}
