@@ -177,8 +177,24 @@ pub fn exchange(
     let follow = matches!(req, Request::Logs { follow: true, .. });
     stream.set_write_timeout(Some(TIMEOUT))?;
     stream.set_read_timeout(if follow { None } else { Some(TIMEOUT) })?;
-    (&stream).write_all(&encode_request(req)).map_err(timeout)?;
+    // keel may answer and hang up before reading (a refused client): its answer says why,
+    // which a broken pipe would not.
+    let written = (&stream).write_all(&encode_request(req)).map_err(timeout);
     let mut reader = BufReader::new(&stream);
+    if let Err(e) = written {
+        let mut line = Vec::new();
+        let _ = (&mut reader)
+            .take(MAX_RESPONSE as u64)
+            .read_until(b'\n', &mut line);
+        match serde_json::from_slice::<Response>(&line) {
+            Ok(resp @ Response::Err(_)) => {
+                let raw = String::from_utf8_lossy(line.trim_ascii_end()).into_owned();
+                let _ = on_response(&raw, resp);
+                return Ok(());
+            }
+            _ => return Err(e),
+        }
+    }
     let mut buf = Vec::new();
     let mut answered = false;
     loop {
