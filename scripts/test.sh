@@ -9,5 +9,6 @@ echo "test: cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "test: cargo clippy" >&2
 cargo clippy --all-targets --quiet -- -D warnings
+scripts/fuzz-smoke.sh
 echo "test: cargo test" >&2
 cargo test --quiet -- --test-threads=2 "$@"
