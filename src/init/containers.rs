@@ -130,7 +130,8 @@ pub fn settings_from(
 }
 
 /// `SIGTERM`, `TERM` or `15`; SIGKILL and SIGSTOP make no sense as a polite request.
-fn signal_number(text: &str) -> Result<i32, String> {
+/// Public so that `keel build` refuses what PID 1 would not take.
+pub fn signal_number(text: &str) -> Result<i32, String> {
     use std::str::FromStr;
     let t = text.trim();
     let sig = match t.parse::<i32>() {

@@ -482,6 +482,10 @@ fn check(m: &Manifest, file: &str) -> Result<(), ManifestError> {
                     )));
                 }
             }
+            if let Some(s) = &c.stop_signal {
+                crate::init::containers::signal_number(s)
+                    .map_err(|e| invalid(format!("{at}.stop_signal: {s:?}: {e}")))?;
+            }
             if c.healthcheck.as_ref().is_some_and(|h| h.command.is_empty()) {
                 return Err(invalid(format!("{at}.healthcheck.command: empty")));
             }

@@ -258,3 +258,16 @@ fn empty_manifest_is_an_image_with_nothing() {
     let m = parse("{}\n", "t").unwrap();
     assert_eq!(m, Manifest::default());
 }
+
+/// Found by fuzzing: a stop_signal PID 1 cannot use was accepted by the build, and the
+/// device then warned at every boot and fell back to SIGTERM.
+#[test]
+fn stop_signals_the_device_refuses_are_refused() {
+    let e = err("services:\n  - {name: a, image: x, stop_signal: SIGINX}\n");
+    assert!(e.contains("services[0] (a).stop_signal: \"SIGINX\""), "{e}");
+    let e = err("onboot:\n  - {name: a, image: x, stop_signal: KILL}\n");
+    assert!(e.contains("onboot[0] (a).stop_signal"), "{e}");
+    let ok =
+        "services:\n  - {name: a, image: x, stop_signal: hup}\n  - {name: b, image: x, stop_signal: '10'}\n";
+    assert!(parse(ok, "t").is_ok());
+}
