@@ -489,6 +489,9 @@ fn check(m: &Manifest, file: &str) -> Result<(), ManifestError> {
             if c.healthcheck.as_ref().is_some_and(|h| h.command.is_empty()) {
                 return Err(invalid(format!("{at}.healthcheck.command: empty")));
             }
+            if c.healthcheck.as_ref().is_some_and(|h| h.retries == Some(0)) {
+                return Err(invalid(format!("{at}.healthcheck.retries: at least 1")));
+            }
         }
     }
     check_dependencies(&m.services).map_err(invalid)

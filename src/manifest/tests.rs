@@ -271,3 +271,14 @@ fn stop_signals_the_device_refuses_are_refused() {
         "services:\n  - {name: a, image: x, stop_signal: hup}\n  - {name: b, image: x, stop_signal: '10'}\n";
     assert!(parse(ok, "t").is_ok());
 }
+
+/// The build accepted `retries: 0`, which PID 1 refuses (keeping 3): the manifest target's
+/// property, on a hand-written input.
+#[test]
+fn zero_health_retries_are_refused() {
+    let e = err("services:\n  - {name: a, image: x, healthcheck: {command: [x], retries: 0}}\n");
+    assert!(
+        e.contains("services[0] (a).healthcheck.retries: at least 1"),
+        "{e}"
+    );
+}
