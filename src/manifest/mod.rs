@@ -132,7 +132,12 @@ impl<'de> Deserialize<'de> for Duration {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(n) => Ok(Duration(std::time::Duration::from_secs(n))),
+            // PID 1 reads durations as u64 milliseconds; no longer one may pass the build.
+            Raw::Secs(n) if n.checked_mul(1000).is_some() => Ok(Duration(std::time::Duration::from_secs(n))),
+            Raw::Secs(n) => Err(serde::de::Error::custom(format!(
+                "{n} seconds is too long (at most {})",
+                u64::MAX / 1000
+            ))),
             Raw::Text(t) => duration::parse(&t)
                 .map(Duration)
                 .map_err(serde::de::Error::custom),

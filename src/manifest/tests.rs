@@ -282,3 +282,16 @@ fn zero_health_retries_are_refused() {
         "{e}"
     );
 }
+
+/// A number of seconds over u64 milliseconds passed the build and was then refused by PID 1,
+/// which fell back to the default: the manifest target's property, on a hand-written input.
+#[test]
+fn durations_the_device_cannot_hold_are_refused() {
+    let e = err("services:\n  - {name: a, image: x, stop_timeout: 18446744073709552}\n");
+    assert!(
+        e.contains("services[0] (a).stop_timeout: 18446744073709552 seconds is too long"),
+        "{e}"
+    );
+    let ok = "services:\n  - {name: a, image: x, stop_timeout: 18446744073709551}\n";
+    assert!(parse(ok, "t").is_ok());
+}
