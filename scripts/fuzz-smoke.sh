@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CI's fuzz smoke run. Builds the fuzz targets of fuzz/ (libFuzzer with coverage
-# instrumentation, no sanitizer: plain stable cargo, no cargo-fuzz to install), replays every
-# stored input through its target (the corpora and the regression cases of fixed bugs), then
-# fuzzes each target for a few seconds. New inputs and crashes go to a temporary directory,
+# instrumentation, no sanitizer: plain stable cargo, no cargo-fuzz to install), then runs each
+# target over every stored input (its corpus and the regression cases of fixed bugs) and
+# fuzzes it for a few seconds. New inputs and crashes go to a temporary directory,
 # never into the repository; a crash fails the run and libFuzzer prints the input.
 #   scripts/fuzz-smoke.sh [SECONDS_PER_TARGET]    (default 15; 0: replay only)
 # The long campaign is fuzz/campaign.sh (needs cargo-fuzz).
@@ -34,21 +34,24 @@ for src in "$top"/fuzz/fuzz_targets/*.rs; do
   n=$(find "${dirs[@]}" -type f | wc -l)
   t0=$SECONDS
   mkdir -p "$tmp/$t"
-  # -runs=0: every stored input once, no mutation.
-  "$bin/$t" -runs=0 -timeout=10 -artifact_prefix="$tmp/$t-" "${dirs[@]}" >"$tmp/$t.replay" 2>&1 || {
-    cat "$tmp/$t.replay" >&2
-    echo "fuzz-smoke: $t: a stored input fails" >&2
-    exit 1
-  }
-  if [ "$secs" -gt 0 ]; then
+  if [ "$secs" -eq 0 ]; then
+    # -runs=0: every stored input once, no mutation.
+    "$bin/$t" -runs=0 -timeout=10 -artifact_prefix="$tmp/$t-" "${dirs[@]}" >"$tmp/$t.log" 2>&1 || {
+      cat "$tmp/$t.log" >&2
+      echo "fuzz-smoke: $t: a stored input fails" >&2
+      exit 1
+    }
+  else
+    # Runs every stored input first (any failure stops it), then mutates; new inputs go to
+    # the first directory, the temporary one.
     "$bin/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -artifact_prefix="$tmp/$t-" \
-      "$tmp/$t" "${dirs[@]}" >"$tmp/$t.fuzz" 2>&1 || {
-      tail -n 60 "$tmp/$t.fuzz" >&2
-      echo "fuzz-smoke: $t: fuzzing found a crash (input above)" >&2
+      "$tmp/$t" "${dirs[@]}" >"$tmp/$t.log" 2>&1 || {
+      tail -n 60 "$tmp/$t.log" >&2
+      echo "fuzz-smoke: $t: a crash (input above; stored inputs run first)" >&2
       exit 1
     }
   fi
-  stats=$(grep -hE "^#[0-9]+" "$tmp/$t.replay" "$tmp/$t.fuzz" 2>/dev/null | tail -n1 || true)
+  stats=$(grep -hE "^#[0-9]+" "$tmp/$t.log" | tail -n1 || true)
   echo "fuzz-smoke: $t: $n stored inputs replayed, ${secs}s fuzzed ($((SECONDS - t0))s): $stats" >&2
 done
 echo "fuzz-smoke: done in $((SECONDS - start))s" >&2
