@@ -174,7 +174,7 @@ fuzz_target!(|input: Input| {
             .count();
         let last_of_group = want
             .get(i + 1)
-            .map_or(true, |n| w.group.is_none() || n.group != w.group);
+            .is_none_or(|n| w.group.is_none() || n.group != w.group);
         match w.group {
             Some(_) => {
                 assert_eq!(g.nlink as usize, size);
