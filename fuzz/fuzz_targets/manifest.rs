@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
                 &opts,
                 &mut warnings,
             );
-            // org.keel.seccomp is applied by the runtime side, not read as a setting.
+            // PID 1 does not read org.keel.seccomp as a setting yet, and warns about it.
             warnings.retain(|w| !w.contains("org.keel.seccomp"));
             assert!(
                 warnings.is_empty(),

@@ -491,6 +491,27 @@ fn check(m: &Manifest, file: &str) -> Result<(), ManifestError> {
                 crate::init::containers::signal_number(s)
                     .map_err(|e| invalid(format!("{at}.stop_signal: {s:?}: {e}")))?;
             }
+            // Such annotations reach PID 1 as written: refuse what it would not take.
+            let keel: serde_json::Map<String, serde_json::Value> = (c.annotations.iter().flatten())
+                .filter(|(k, _)| k.starts_with("org.keel.") && *k != "org.keel.seccomp")
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect();
+            if !keel.is_empty() {
+                let json = serde_json::json!({ "annotations": keel }).to_string();
+                let (mut warnings, opts) = (Vec::new(), crate::init::cmdline::Options::default());
+                let kind = crate::supervisor::Kind::Service;
+                crate::init::containers::settings_from(
+                    Path::new(""),
+                    Some(json.as_bytes()),
+                    &c.name,
+                    kind,
+                    &opts,
+                    &mut warnings,
+                );
+                if let Some(w) = warnings.iter().find_map(|w| w.strip_prefix(": annotation ")) {
+                    return Err(invalid(format!("{at}.annotations: annotation {w}")));
+                }
+            }
             if c.healthcheck.as_ref().is_some_and(|h| h.command.is_empty()) {
                 return Err(invalid(format!("{at}.healthcheck.command: empty")));
             }

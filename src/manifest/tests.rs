@@ -295,3 +295,17 @@ fn durations_the_device_cannot_hold_are_refused() {
     let ok = "services:\n  - {name: a, image: x, stop_timeout: 18446744073709551}\n";
     assert!(parse(ok, "t").is_ok());
 }
+
+/// `org.keel.*` annotations written directly in the manifest passed the build whatever their
+/// value; PID 1 then warned and kept its default (the manifest fuzz target's property, on a
+/// hand-written input).
+#[test]
+fn keel_annotations_are_checked_as_pid1_reads_them() {
+    let e = err("services:\n  - {name: a, image: x, annotations: {org.keel.restart: sometimes}}\n");
+    assert!(
+        e.contains("services[0] (a).annotations: annotation org.keel.restart=\"sometimes\""),
+        "{e}"
+    );
+    let ok = "services:\n  - {name: a, image: x, annotations: {org.keel.restart_delay: 1s, org.keel.seccomp: default, other: x}}\n";
+    assert!(parse(ok, "t").is_ok());
+}
