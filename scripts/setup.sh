@@ -5,7 +5,7 @@ set -euo pipefail
 # The second line: what services/build.sh puts into keel's standard images (mke2fs, blkid)
 # and what `keel build --format iso` boots with (isolinux, assembled by xorriso).
 packages=(qemu-system-x86 busybox-static linux-source linux-image-amd64 cpio file gzip runc crun
-          flex bison bc make gcc libelf-dev libssl-dev xz-utils
+          flex bison bc make gcc g++ libelf-dev libssl-dev xz-utils
           e2fsprogs util-linux xorriso isolinux syslinux-common)
 missing=()
 for p in "${packages[@]}"; do

@@ -9,6 +9,7 @@ echo "test: cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "test: cargo clippy" >&2
 cargo clippy --all-targets --quiet -- -D warnings
+scripts/fuzz-smoke.sh
 echo "test: cargo test" >&2
 rm -f target/escape-report.md
 cargo test --quiet -- --test-threads=2 "$@"

@@ -76,16 +76,28 @@ pub fn discover(root: &Path, opts: &Options) -> (Vec<Bundle>, Vec<String>) {
 /// `org.keel.*` annotations. A bad value is a warning naming the file and the key, and the
 /// default stands.
 fn settings(bundle: &Path, name: &str, kind: Kind, opts: &Options, warnings: &mut Vec<String>) -> UnitSpec {
+    let config = bundle.join("config.json");
+    let json = fs::read(&config).ok();
+    settings_from(&config, json.as_deref(), name, kind, opts, warnings)
+}
+
+/// [`settings`] from the bytes of `config` (None: unreadable), without touching the disk.
+pub fn settings_from(
+    config: &Path,
+    json: Option<&[u8]>,
+    name: &str,
+    kind: Kind,
+    opts: &Options,
+    warnings: &mut Vec<String>,
+) -> UnitSpec {
     let mut spec = UnitSpec::new(name, kind);
     spec.timeout = match kind {
         Kind::Onshutdown => opts.onshutdown_timeout,
         _ => opts.onboot_timeout,
     };
     spec.stop_timeout = opts.stop_timeout;
-    let config = bundle.join("config.json");
-    let annotations = fs::read(&config)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    let annotations = json
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
         .and_then(|v| v.get("annotations").and_then(|a| a.as_object()).cloned());
     for (key, value) in annotations.into_iter().flatten() {
         let Some(short) = key.strip_prefix(PREFIX) else {
@@ -118,7 +130,8 @@ fn settings(bundle: &Path, name: &str, kind: Kind, opts: &Options, warnings: &mu
 }
 
 /// `SIGTERM`, `TERM` or `15`; SIGKILL and SIGSTOP make no sense as a polite request.
-fn signal_number(text: &str) -> Result<i32, String> {
+/// Public so that `keel build` refuses what PID 1 would not take.
+pub fn signal_number(text: &str) -> Result<i32, String> {
     use std::str::FromStr;
     let t = text.trim();
     let sig = match t.parse::<i32>() {

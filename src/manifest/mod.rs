@@ -195,7 +195,12 @@ impl<'de> Deserialize<'de> for Duration {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(n) => Ok(Duration(std::time::Duration::from_secs(n))),
+            // PID 1 reads durations as u64 milliseconds; no longer one may pass the build.
+            Raw::Secs(n) if n.checked_mul(1000).is_some() => Ok(Duration(std::time::Duration::from_secs(n))),
+            Raw::Secs(n) => Err(serde::de::Error::custom(format!(
+                "{n} seconds is too long (at most {})",
+                u64::MAX / 1000
+            ))),
             Raw::Text(t) => duration::parse(&t)
                 .map(Duration)
                 .map_err(serde::de::Error::custom),
@@ -552,8 +557,36 @@ fn check(m: &Manifest, file: &str) -> Result<(), ManifestError> {
             if c.watchdog.is_some_and(|d| d.0.is_zero()) {
                 return Err(invalid(format!("{at}.watchdog: must be above zero")));
             }
+            if let Some(s) = &c.stop_signal {
+                crate::init::containers::signal_number(s)
+                    .map_err(|e| invalid(format!("{at}.stop_signal: {s:?}: {e}")))?;
+            }
+            // Such annotations reach PID 1 as written: refuse what it would not take.
+            let keel: serde_json::Map<String, serde_json::Value> = (c.annotations.iter().flatten())
+                .filter(|(k, _)| k.starts_with("org.keel.") && *k != "org.keel.seccomp")
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect();
+            if !keel.is_empty() {
+                let json = serde_json::json!({ "annotations": keel }).to_string();
+                let (mut warnings, opts) = (Vec::new(), crate::init::cmdline::Options::default());
+                let kind = crate::supervisor::Kind::Service;
+                crate::init::containers::settings_from(
+                    Path::new(""),
+                    Some(json.as_bytes()),
+                    &c.name,
+                    kind,
+                    &opts,
+                    &mut warnings,
+                );
+                if let Some(w) = warnings.iter().find_map(|w| w.strip_prefix(": annotation ")) {
+                    return Err(invalid(format!("{at}.annotations: annotation {w}")));
+                }
+            }
             if c.healthcheck.as_ref().is_some_and(|h| h.command.is_empty()) {
                 return Err(invalid(format!("{at}.healthcheck.command: empty")));
+            }
+            if c.healthcheck.as_ref().is_some_and(|h| h.retries == Some(0)) {
+                return Err(invalid(format!("{at}.healthcheck.retries: at least 1")));
             }
         }
     }

@@ -308,3 +308,54 @@ fn syslog_becomes_kernel_options() {
         assert!(e.contains(want), "{yaml}: {e}");
     }
 }
+
+/// Found by fuzzing: a stop_signal PID 1 cannot use was accepted by the build, and the
+/// device then warned at every boot and fell back to SIGTERM.
+#[test]
+fn stop_signals_the_device_refuses_are_refused() {
+    let e = err("services:\n  - {name: a, image: x, stop_signal: SIGINX}\n");
+    assert!(e.contains("services[0] (a).stop_signal: \"SIGINX\""), "{e}");
+    let e = err("onboot:\n  - {name: a, image: x, stop_signal: KILL}\n");
+    assert!(e.contains("onboot[0] (a).stop_signal"), "{e}");
+    let ok =
+        "services:\n  - {name: a, image: x, stop_signal: hup}\n  - {name: b, image: x, stop_signal: '10'}\n";
+    assert!(parse(ok, "t").is_ok());
+}
+
+/// The build accepted `retries: 0`, which PID 1 refuses (keeping 3): the manifest target's
+/// property, on a hand-written input.
+#[test]
+fn zero_health_retries_are_refused() {
+    let e = err("services:\n  - {name: a, image: x, healthcheck: {command: [x], retries: 0}}\n");
+    assert!(
+        e.contains("services[0] (a).healthcheck.retries: at least 1"),
+        "{e}"
+    );
+}
+
+/// A number of seconds over u64 milliseconds passed the build and was then refused by PID 1,
+/// which fell back to the default: the manifest target's property, on a hand-written input.
+#[test]
+fn durations_the_device_cannot_hold_are_refused() {
+    let e = err("services:\n  - {name: a, image: x, stop_timeout: 18446744073709552}\n");
+    assert!(
+        e.contains("services[0] (a).stop_timeout: 18446744073709552 seconds is too long"),
+        "{e}"
+    );
+    let ok = "services:\n  - {name: a, image: x, stop_timeout: 18446744073709551}\n";
+    assert!(parse(ok, "t").is_ok());
+}
+
+/// `org.keel.*` annotations written directly in the manifest passed the build whatever their
+/// value; PID 1 then warned and kept its default (the manifest fuzz target's property, on a
+/// hand-written input).
+#[test]
+fn keel_annotations_are_checked_as_pid1_reads_them() {
+    let e = err("services:\n  - {name: a, image: x, annotations: {org.keel.restart: sometimes}}\n");
+    assert!(
+        e.contains("services[0] (a).annotations: annotation org.keel.restart=\"sometimes\""),
+        "{e}"
+    );
+    let ok = "services:\n  - {name: a, image: x, annotations: {org.keel.restart_delay: 1s, org.keel.seccomp: default, other: x}}\n";
+    assert!(parse(ok, "t").is_ok());
+}
