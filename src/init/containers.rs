@@ -175,6 +175,13 @@ fn health(svc: &mut ServicePolicy) -> Result<&mut Healthcheck, String> {
         .get_or_insert_with(|| Healthcheck::new(Vec::new())))
 }
 
+fn positive(d: std::time::Duration) -> Result<std::time::Duration, String> {
+    match d.is_zero() {
+        true => Err("must be above zero".into()),
+        false => Ok(d),
+    }
+}
+
 fn apply(spec: &mut UnitSpec, key: &str, text: &str) -> Result<(), String> {
     let dur = || duration::parse(text).map_err(|e| e.to_string());
     let svc = &mut spec.service;
@@ -238,8 +245,9 @@ fn apply(spec: &mut UnitSpec, key: &str, text: &str) -> Result<(), String> {
                 None => svc.healthcheck = Some(Healthcheck::new(command)),
             }
         }
-        "health_interval" => health(svc)?.interval = dur()?,
-        "health_timeout" => health(svc)?.timeout = dur()?,
+        // Zero would exec a check into the container on every turn of PID 1's loop.
+        "health_interval" => health(svc)?.interval = positive(dur()?)?,
+        "health_timeout" => health(svc)?.timeout = positive(dur()?)?,
         "health_retries" => {
             health(svc)?.retries = text
                 .parse()
@@ -275,6 +283,29 @@ fn apply(spec: &mut UnitSpec, key: &str, text: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn zero_health_intervals_keep_the_default() {
+        let json =
+            br#"{"annotations": {"org.keel.healthcheck": "/bin/true", "org.keel.health_interval": "0"}}"#;
+        let mut warnings = Vec::new();
+        let spec = settings_from(
+            Path::new("b/config.json"),
+            Some(json),
+            "a",
+            Kind::Service,
+            &Options::default(),
+            &mut warnings,
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("health_interval") && w.contains("above zero")),
+            "{warnings:?}"
+        );
+        let h = spec.service.healthcheck.unwrap();
+        assert!(!h.interval.is_zero());
+    }
 
     #[test]
     fn names() {

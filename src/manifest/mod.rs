@@ -557,6 +557,15 @@ fn check(m: &Manifest, file: &str) -> Result<(), ManifestError> {
             if c.watchdog.is_some_and(|d| d.0.is_zero()) {
                 return Err(invalid(format!("{at}.watchdog: must be above zero")));
             }
+            for (field, d) in c
+                .healthcheck
+                .iter()
+                .flat_map(|h| [("interval", h.interval), ("timeout", h.timeout)])
+            {
+                if d.is_some_and(|d| d.0.is_zero()) {
+                    return Err(invalid(format!("{at}.healthcheck.{field}: must be above zero")));
+                }
+            }
             if let Some(s) = &c.stop_signal {
                 crate::init::containers::signal_number(s)
                     .map_err(|e| invalid(format!("{at}.stop_signal: {s:?}: {e}")))?;

@@ -359,3 +359,14 @@ fn keel_annotations_are_checked_as_pid1_reads_them() {
     let ok = "services:\n  - {name: a, image: x, annotations: {org.keel.restart_delay: 1s, org.keel.seccomp: default, other: x}}\n";
     assert!(parse(ok, "t").is_ok());
 }
+
+#[test]
+fn zero_health_intervals_are_refused() {
+    let e = err("services:\n  - {name: a, image: x, healthcheck: {command: [x], interval: 0s}}\n");
+    assert!(
+        e.contains("services[0] (a).healthcheck.interval: must be above zero"),
+        "{e}"
+    );
+    let e = err("services:\n  - {name: a, image: x, healthcheck: {command: [x], timeout: 0}}\n");
+    assert!(e.contains("healthcheck.timeout: must be above zero"), "{e}");
+}
