@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "build")]
         Some("check-kernel") => keel::kconfig::run(&args[1..]),
         Some("run") => run(&args[1..]),
+        Some("bench-runtime") => bench_runtime(&args[1..]),
         Some("init") => dev_init(&args[1..]),
         Some(req @ ("poweroff" | "reboot" | "halt")) => request(req),
         Some("version" | "--version") => {
@@ -70,7 +71,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &[String]) -> ExitCode {
+/// `keel run`'s options: (id, state root, cgroup parent, bundle).
+fn run_args(cmd: &str, args: &[String]) -> Result<(String, PathBuf, String, PathBuf), ExitCode> {
     let mut id = None;
     let mut root = PathBuf::from("/run/keel/containers");
     let mut cgroup_parent = "keel".to_string();
@@ -80,8 +82,8 @@ fn run(args: &[String]) -> ExitCode {
         match a.as_str() {
             "--id" | "--root" | "--cgroup-parent" => {
                 let Some(v) = it.next() else {
-                    eprintln!("keel run: {a} needs a value");
-                    return ExitCode::from(2);
+                    eprintln!("keel {cmd}: {a} needs a value");
+                    return Err(ExitCode::from(2));
                 };
                 match a.as_str() {
                     "--id" => id = Some(v.clone()),
@@ -91,16 +93,43 @@ fn run(args: &[String]) -> ExitCode {
             }
             _ if bundle.is_none() && !a.starts_with('-') => bundle = Some(PathBuf::from(a)),
             _ => {
-                eprintln!("keel run: unexpected argument {a:?}\n{USAGE}");
-                return ExitCode::from(2);
+                eprintln!("keel {cmd}: unexpected argument {a:?}\n{USAGE}");
+                return Err(ExitCode::from(2));
             }
         }
     }
     let Some(bundle) = bundle else {
-        eprintln!("keel run: no bundle given\n{USAGE}");
-        return ExitCode::from(2);
+        eprintln!("keel {cmd}: no bundle given\n{USAGE}");
+        return Err(ExitCode::from(2));
     };
-    let id = id.unwrap_or_else(|| format!("run-{}", std::process::id()));
+    let id = id.unwrap_or_else(|| format!("{cmd}-{}", std::process::id()));
+    Ok((id, root, cgroup_parent, bundle))
+}
+
+/// Create, start, wait for and delete one container, as PID 1 does for an onboot
+/// container: its exit code (128+N for signal N) and whether the delete failed, or what failed.
+fn lifecycle(rt: &Runtime, id: &str, bundle: &std::path::Path) -> Result<(i32, Option<String>), String> {
+    let handle = rt.run(id, bundle, Stdio::default()).map_err(|e| e.to_string())?;
+    let code = loop {
+        match waitpid(handle.pid, None) {
+            Ok(WaitStatus::Exited(_, c)) => break c,
+            Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                let msg = format!("waitpid {}: {e}", handle.pid);
+                let _ = rt.delete(handle);
+                return Err(msg);
+            }
+        }
+    };
+    Ok((code, rt.delete(handle).err().map(|e| e.to_string())))
+}
+
+fn run(args: &[String]) -> ExitCode {
+    let (id, root, cgroup_parent, bundle) = match run_args("run", args) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     let rt = match Runtime::new(&root, &cgroup_parent) {
         Ok(rt) => rt,
         Err(e) => {
@@ -108,28 +137,51 @@ fn run(args: &[String]) -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    let handle = match rt.run(&id, &bundle, Stdio::default()) {
-        Ok(h) => h,
+    match lifecycle(&rt, &id, &bundle) {
+        Ok((code, deleted)) => {
+            if let Some(e) = deleted {
+                eprintln!("keel run: {e}");
+            }
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
         Err(e) => {
             eprintln!("keel run: {e}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+/// Hidden, for the benchmarks: `keel bench-runtime [run options] BUNDLE` runs one
+/// create+start+wait+delete per line read on stdin, in this process (what PID 1 pays, without
+/// a process start), and answers each with `NANOSECONDS EXIT_CODE` or `error MESSAGE`.
+fn bench_runtime(args: &[String]) -> ExitCode {
+    use std::io::BufRead;
+    let (id, root, cgroup_parent, bundle) = match run_args("bench-runtime", args) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let rt = match Runtime::new(&root, &cgroup_parent) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keel bench-runtime: {e}");
             return ExitCode::from(125);
         }
     };
-    let code = loop {
-        match waitpid(handle.pid, None) {
-            Ok(WaitStatus::Exited(_, c)) => break c,
-            Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => {
-                eprintln!("keel run: waitpid {}: {e}", handle.pid);
-                break 125;
-            }
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        if line.is_err() {
+            break;
         }
-    };
-    if let Err(e) = rt.delete(handle) {
-        eprintln!("keel run: {e}");
+        let t = std::time::Instant::now();
+        let answer = match lifecycle(&rt, &id, &bundle) {
+            Ok((code, None)) => format!("{} {code}", t.elapsed().as_nanos()),
+            Ok((_, Some(e))) | Err(e) => format!("error {}", e.replace('\n', " ")),
+        };
+        if writeln!(out, "{answer}").and_then(|_| out.flush()).is_err() {
+            break;
+        }
     }
-    ExitCode::from(code.clamp(0, 255) as u8)
+    ExitCode::SUCCESS
 }
 
 /// Through the initctl FIFO when it exists (works from a container that binds it), else by
