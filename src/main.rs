@@ -106,10 +106,21 @@ fn run_args(cmd: &str, args: &[String]) -> Result<(String, PathBuf, String, Path
     Ok((id, root, cgroup_parent, bundle))
 }
 
+/// What one container took: run (create + start), wait (until its exit is reaped), delete.
+#[derive(Default)]
+struct Phases([std::time::Duration; 3]);
+
 /// Create, start, wait for and delete one container, as PID 1 does for an onboot
 /// container: its exit code (128+N for signal N) and whether the delete failed, or what failed.
-fn lifecycle(rt: &Runtime, id: &str, bundle: &std::path::Path) -> Result<(i32, Option<String>), String> {
+fn lifecycle(
+    rt: &Runtime,
+    id: &str,
+    bundle: &std::path::Path,
+    phases: &mut Phases,
+) -> Result<(i32, Option<String>), String> {
+    let t = std::time::Instant::now();
     let handle = rt.run(id, bundle, Stdio::default()).map_err(|e| e.to_string())?;
+    phases.0[0] = t.elapsed();
     let code = loop {
         match waitpid(handle.pid, None) {
             Ok(WaitStatus::Exited(_, c)) => break c,
@@ -122,7 +133,10 @@ fn lifecycle(rt: &Runtime, id: &str, bundle: &std::path::Path) -> Result<(i32, O
             }
         }
     };
-    Ok((code, rt.delete(handle).err().map(|e| e.to_string())))
+    phases.0[1] = t.elapsed() - phases.0[0];
+    let deleted = rt.delete(handle).err().map(|e| e.to_string());
+    phases.0[2] = t.elapsed() - phases.0[0] - phases.0[1];
+    Ok((code, deleted))
 }
 
 fn run(args: &[String]) -> ExitCode {
@@ -137,7 +151,7 @@ fn run(args: &[String]) -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    match lifecycle(&rt, &id, &bundle) {
+    match lifecycle(&rt, &id, &bundle, &mut Phases::default()) {
         Ok((code, deleted)) => {
             if let Some(e) = deleted {
                 eprintln!("keel run: {e}");
@@ -153,7 +167,8 @@ fn run(args: &[String]) -> ExitCode {
 
 /// Hidden, for the benchmarks: `keel bench-runtime [run options] BUNDLE` runs one
 /// create+start+wait+delete per line read on stdin, in this process (what PID 1 pays, without
-/// a process start), and answers each with `NANOSECONDS EXIT_CODE` or `error MESSAGE`.
+/// a process start), and answers each with `NANOSECONDS EXIT_CODE RUN WAIT DELETE` (the
+/// phases in nanoseconds) or `error MESSAGE`.
 fn bench_runtime(args: &[String]) -> ExitCode {
     use std::io::BufRead;
     let (id, root, cgroup_parent, bundle) = match run_args("bench-runtime", args) {
@@ -173,8 +188,15 @@ fn bench_runtime(args: &[String]) -> ExitCode {
             break;
         }
         let t = std::time::Instant::now();
-        let answer = match lifecycle(&rt, &id, &bundle) {
-            Ok((code, None)) => format!("{} {code}", t.elapsed().as_nanos()),
+        let mut p = Phases::default();
+        let answer = match lifecycle(&rt, &id, &bundle, &mut p) {
+            Ok((code, None)) => format!(
+                "{} {code} {} {} {}",
+                t.elapsed().as_nanos(),
+                p.0[0].as_nanos(),
+                p.0[1].as_nanos(),
+                p.0[2].as_nanos()
+            ),
             Ok((_, Some(e))) | Err(e) => format!("error {}", e.replace('\n', " ")),
         };
         if writeln!(out, "{answer}").and_then(|_| out.flush()).is_err() {
