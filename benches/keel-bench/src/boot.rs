@@ -288,7 +288,9 @@ impl Samples {
     }
 }
 
-fn probe_args(settle_ms: u64, ctl_rounds: u64, spawn_rounds: u64) -> Vec<String> {
+/// The probe's arguments: how long PID 1 is left idle before its memory is read, and how
+/// many `list` requests and `keel ctl list` commands are timed.
+pub fn probe_args(settle_ms: u64, ctl_rounds: u64, spawn_rounds: u64) -> Vec<String> {
     [
         "--settle-ms".to_string(),
         settle_ms.to_string(),
@@ -309,6 +311,8 @@ pub struct Params<'a> {
     pub scale_boots: usize,
     pub restarts: usize,
     pub logs: PathBuf,
+    /// See probe_args.
+    pub probe: Vec<String>,
 }
 
 const LIMIT: Duration = Duration::from_secs(600);
@@ -322,7 +326,7 @@ pub fn reference(tools: &Tools, p: &Params) -> Result<Value> {
     let contents = Contents {
         onboot: 5,
         services: services.clone(),
-        probe: Some(probe_args(1000, 20, 10)),
+        probe: Some(p.probe.clone()),
         flap_ms: None,
     };
     let built = images::build(tools, "reference", &contents, true)?;
@@ -404,7 +408,7 @@ pub fn scale(tools: &Tools, p: &Params) -> Result<Value> {
         let contents = Contents {
             onboot: 0,
             services: names.clone(),
-            probe: Some(probe_args(1000, 20, 10)),
+            probe: Some(p.probe.clone()),
             flap_ms: None,
         };
         let built = images::build(tools, &format!("scale-{n}"), &contents, false)?;

@@ -183,6 +183,7 @@ pub fn run(args: &[String]) -> Result<()> {
     });
     let want = |p: &str| o.parts.iter().any(|x| x == p);
     let mut failed = Vec::new();
+    let mut started = std::time::Instant::now();
     let mut record = |name: &str, r: Result<Value>, results: &mut Value| {
         let v = r.unwrap_or_else(|e| json!({"error": e.to_string()}));
         let failures = match &v["failed"] {
@@ -193,14 +194,20 @@ pub fn run(args: &[String]) -> Result<()> {
         if v.get("error").is_some() || failures {
             failed.push(name.to_string());
         }
-        eprintln!("keel-bench: {name} done");
+        eprintln!(
+            "keel-bench: {name} done in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
         results[name] = v;
+        results[name]["seconds"] = json!(started.elapsed().as_secs());
+        started = std::time::Instant::now();
     };
     // First: it may enter a mount namespace of its own, which needs a single thread.
     if want("lifecycle") {
         let p = lifecycle::Params {
             rounds: o.rounds.unwrap_or(if o.quick { 5 } else { 100 }),
             warmup: if o.quick { 1 } else { 5 },
+            gap: std::time::Duration::from_millis(100),
         };
         record("lifecycle", lifecycle::run(&tools, &p), &mut results);
     }
@@ -216,6 +223,11 @@ pub fn run(args: &[String]) -> Result<()> {
         scale_boots: o.boots.unwrap_or(if o.quick { 1 } else { 3 }),
         restarts: if o.quick { 3 } else { 20 },
         logs,
+        probe: if o.quick {
+            boot::probe_args(300, 5, 3)
+        } else {
+            boot::probe_args(1000, 20, 10)
+        },
     };
     if want("boot") {
         record("boot", boot::reference(&tools, &bp), &mut results);
@@ -345,13 +357,19 @@ fn markdown(r: &Value) -> String {
     let l = &r["lifecycle"];
     if !l.is_null() {
         s += &format!(
-            "\n### Container lifecycle\n\ncreate, start, wait for exit, delete of one `/bin/true` container (ms per container; {} rounds, every runtime once per round, interleaved; {}; {}):\n\n",
-            l["rounds"], l["runc"].as_str().unwrap_or(""), l["crun"].as_str().unwrap_or("")
+            "\n### Container lifecycle\n\ncreate, start, wait for exit, delete of one `/bin/true` container (ms per container; {} rounds, every runtime twice per round, in an order that rotates: once {} ms after anything else ran (*isolated*, as PID 1 starts a service now and then), then once more right away (*back to back*, as in a burst at boot); {}; {}):\n\n",
+            l["rounds"], l["gap_ms"], l["runc"].as_str().unwrap_or(""), l["crun"].as_str().unwrap_or("")
         );
         if let Some(e) = l["error"].as_str() {
             s += &format!("failed: {e}\n");
         } else {
-            s += "| runtime | default seccomp profile | no seccomp |\n|---|---|---|\n";
+            let cols = [
+                "isolated_seccomp",
+                "isolated_no_seccomp",
+                "back_to_back_seccomp",
+                "back_to_back_no_seccomp",
+            ];
+            s += "| runtime | isolated, default seccomp profile | isolated, no seccomp | back to back, default seccomp profile | back to back, no seccomp |\n|---|---|---|---|---|\n";
             for (name, label) in [
                 ("runc", "runc run"),
                 ("crun", "crun run"),
@@ -363,24 +381,24 @@ fn markdown(r: &Value) -> String {
                 ),
             ] {
                 let c = &l["ms"][name];
-                s += &format!(
-                    "| {label} | {} | {} |\n",
-                    cell(&c["seccomp"], 1),
-                    cell(&c["no_seccomp"], 1)
-                );
+                s += &format!("| {label} |");
+                for col in cols {
+                    s += &format!(" {} |", cell(&c[col], 1));
+                }
+                s += "\n";
             }
-            s += "\n| ratio of medians | default seccomp profile | no seccomp |\n|---|---|---|\n";
+            s += "\n| ratio of medians | isolated, default seccomp profile | isolated, no seccomp | back to back, default seccomp profile | back to back, no seccomp |\n|---|---|---|---|---|\n";
             for k in [
                 "keel run / crun",
                 "keel run / runc",
                 "keel in-process / crun",
                 "keel in-process / runc",
             ] {
-                s += &format!(
-                    "| {k} | {} | {} |\n",
-                    ratio(&l["ratios"]["seccomp"][k]),
-                    ratio(&l["ratios"]["no_seccomp"][k])
-                );
+                s += &format!("| {k} |");
+                for col in cols {
+                    s += &format!(" {} |", ratio(&l["ratios"][col][k]));
+                }
+                s += "\n";
             }
             for n in l["notes"].as_array().into_iter().flatten() {
                 s += &format!("\n- {}", n.as_str().unwrap_or(""));
