@@ -3,7 +3,7 @@
 # Idempotent: quick when everything is already there.
 set -euo pipefail
 packages=(qemu-system-x86 busybox-static linux-source linux-image-amd64 cpio file gzip runc crun
-          flex bison bc make gcc libelf-dev libssl-dev xz-utils)
+          flex bison bc make gcc libelf-dev libssl-dev xz-utils linux-perf strace)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
