@@ -28,29 +28,29 @@ out=$1 bundle=$2 keel=$3 n=$4
 state=$out/state
 mkdir -p "$state" && mount -t tmpfs tmpfs "$state"
 [ "$(stat -f -c %T /sys/fs/cgroup)" = cgroup2fs ] || mount -t cgroup2 cgroup2 /sys/fs/cgroup
-yes '' | head -n "$n" | perf record -q -F 5000 -e cpu-clock --call-graph dwarf,32768 \
+seq "$n" | sed 's/.*//' | perf record -q -F 5000 -e cpu-clock --call-graph dwarf,32768 \
   -o "$out/keel.perf" "$keel" bench-runtime --root "$state/keel" --id prof "$bundle" > "$out/keel-times.txt"
 perf record -q -F 5000 -e cpu-clock -o "$out/crun.perf" -- \
   sh -c "for i in \$(seq $n); do crun --root $state/crun run --bundle $bundle prof; done"
 for i in $(seq 20); do echo; sleep 0.1; done |
-  strace -f -T -qq -e 'trace=!wait4,waitid,read,recvmsg,recvfrom,pselect6,ppoll,poll,epoll_wait' \
+  strace -f -T -qq -e 'trace=!wait4,waitid,read,recvmsg,recvfrom,accept,accept4,pselect6,ppoll,poll,epoll_wait' \
     -o "$out/keel.strace" "$keel" bench-runtime --root "$state/keel" --id prof "$bundle" > /dev/null
 rmdir /sys/fs/cgroup/keel-bench/lifecycle /sys/fs/cgroup/keel-bench 2>/dev/null || true
 EOF
 
 {
   echo "== CPU by process, keel bench-runtime ($n containers): samples at 5 kHz"
-  perf report -i "$out/keel.perf" --sort comm -n --stdio 2>/dev/null | grep -v '^#' | grep -v '^$'
+  perf report -i "$out/keel.perf" --sort comm -n --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$'
   echo
   echo "== CPU by process, crun run ($n containers): samples at 5 kHz"
-  perf report -i "$out/crun.perf" --sort comm -n --stdio 2>/dev/null | grep -v '^#' | grep -v '^$'
+  perf report -i "$out/crun.perf" --sort comm -n --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$'
   echo
   echo "== keel's own process: functions with their callees (children), above 2%"
   perf report -i "$out/keel.perf" --comm keel --children --sort sym --stdio -g none --percent-limit 2 2>/dev/null |
     grep -v '^#' | grep -v '^$' | head -80
   echo
-  echo "== system calls by total time, 20 containers 100 ms apart (strace -T; waits for children left out)"
-  awk '{ if (match($0, /<[0-9.]+>$/)) { t = substr($0, RSTART + 1, RLENGTH - 2); split($2, a, "("); s[a[1]] += t; c[a[1]]++ } }
+  echo "== system calls by total time, 20 containers 100 ms apart (strace -T, which adds its own cost to every call; waits for children left out)"
+  awk '{ if (match($0, /<[0-9.]+>$/)) { t = substr($0, RSTART + 1, RLENGTH - 2); n = ($2 == "<...") ? $3 : $2; split(n, a, "("); s[a[1]] += t; c[a[1]]++ } }
        END { for (k in s) printf "%10.1f ms %6d  %s\n", s[k] * 1000, c[k], k }' "$out/keel.strace" | sort -rn | head -15
   echo
   echo "== the slowest single system calls"

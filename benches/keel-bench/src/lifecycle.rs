@@ -184,19 +184,22 @@ impl InProcess {
         })
     }
 
-    /// One container; milliseconds as measured inside keel.
-    fn once(&mut self) -> Result<f64> {
+    /// One container: milliseconds of wall-clock and CPU time, as measured inside keel.
+    fn once(&mut self) -> Result<(f64, f64)> {
         let fail = |e: std::io::Error| invalid(format!("keel bench-runtime: {e}"));
         self.stdin.write_all(b"\n").map_err(fail)?;
         self.stdin.flush().map_err(fail)?;
         let mut line = String::new();
         self.stdout.read_line(&mut line).map_err(fail)?;
-        let mut words = line.split_whitespace();
-        match (words.next(), words.next()) {
-            (Some(ns), Some("0")) => ns
-                .parse::<f64>()
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let ns = |i: usize| {
+            words
+                .get(i)
+                .and_then(|w| w.parse::<f64>().ok())
                 .map(|ns| ns / 1e6)
-                .map_err(|_| invalid(format!("keel bench-runtime: {line:?}"))),
+        };
+        match (ns(0), words.get(1), ns(5)) {
+            (Some(wall), Some(&"0"), Some(cpu)) => Ok((wall, cpu)),
             _ => Err(invalid(format!("keel bench-runtime: {}", line.trim()))),
         }
     }
@@ -221,14 +224,37 @@ struct Contender {
     seccomp: bool,
     how: How,
     stderr: PathBuf,
-    /// Per timing (TIMINGS).
+    /// Wall-clock ms per timing (TIMINGS).
     samples: [Vec<f64>; 2],
+    /// CPU ms, both timings.
+    cpu: Vec<f64>,
     failures: u32,
     error: Option<String>,
 }
 
+/// Wait for `pid`: its exit status and the CPU time (ms) it and its reaped descendants used.
+fn wait_with_cpu(pid: i32) -> std::io::Result<(i32, f64)> {
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid; wait4 fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: plain system call on our own child.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    Ok((status, ms(ru.ru_utime) + ms(ru.ru_stime)))
+}
+
 impl Contender {
-    fn once(&mut self) -> Result<f64> {
+    /// One container: milliseconds of wall-clock and CPU time.
+    fn once(&mut self) -> Result<(f64, f64)> {
         match &mut self.how {
             How::InProcess(p) => p.once(),
             How::Command(argv) => {
@@ -238,22 +264,27 @@ impl Contender {
                     .open(&self.stderr)
                     .map_err(io_err("cannot open", &self.stderr))?;
                 let t = Instant::now();
-                let st = Command::new(&argv[0])
+                let child = Command::new(&argv[0])
                     .args(&argv[1..])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(err)
-                    .status();
+                    .spawn()
+                    .map_err(|e| invalid(format!("{}: {e}", argv[0])))?;
+                // Reaped here rather than by Child::wait, for the CPU time of the whole tree.
+                let (status, cpu) = wait_with_cpu(child.id() as i32)
+                    .map_err(|e| invalid(format!("{}: wait4: {e}", argv[0])))?;
                 let ms = t.elapsed().as_secs_f64() * 1e3;
-                match st {
-                    Ok(s) if s.success() => Ok(ms),
-                    Ok(s) => {
-                        let log = fs::read_to_string(&self.stderr).unwrap_or_default();
-                        let tail: Vec<&str> = log.lines().rev().take(3).collect();
-                        Err(invalid(format!("{}: {s}: {}", argv.join(" "), tail.join(" / "))))
-                    }
-                    Err(e) => Err(invalid(format!("{}: {e}", argv[0]))),
+                if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                    return Ok((ms, cpu));
                 }
+                let log = fs::read_to_string(&self.stderr).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                Err(invalid(format!(
+                    "{}: wait status {status:#x}: {}",
+                    argv.join(" "),
+                    tail.join(" / ")
+                )))
             }
         }
     }
@@ -322,6 +353,7 @@ pub fn run(tools: &Tools, p: &Params) -> Result<Value> {
                 how,
                 stderr,
                 samples: [Vec::new(), Vec::new()],
+                cpu: Vec::new(),
                 failures: 0,
                 error: None,
             });
@@ -339,7 +371,10 @@ pub fn run(tools: &Tools, p: &Params) -> Result<Value> {
             std::thread::sleep(p.gap);
             for slot in 0..2 {
                 match c.once() {
-                    Ok(ms) if round >= p.warmup => c.samples[slot].push(ms),
+                    Ok((ms, cpu)) if round >= p.warmup => {
+                        c.samples[slot].push(ms);
+                        c.cpu.push(cpu);
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         c.failures += 1;
@@ -369,6 +404,10 @@ pub fn run(tools: &Tools, p: &Params) -> Result<Value> {
                 medians.insert((c.runtime, *timing, c.seccomp), s.median);
             }
         }
+        entry[format!("cpu_{seccomp}")] = match &c.error {
+            Some(e) => json!({"error": e}),
+            None => json_of(&c.cpu),
+        };
         if c.failures > 0 && c.error.is_none() {
             notes.push(format!("{} ({seccomp}): {} failed runs", c.runtime, c.failures));
         }

@@ -400,6 +400,20 @@ fn markdown(r: &Value) -> String {
                 }
                 s += "\n";
             }
+            s += "\nCPU time per container (ms, user + system of the runtime's processes and the container's, both timings):\n\n| runtime | default seccomp profile | no seccomp |\n|---|---|---|\n";
+            for (name, label) in [
+                ("runc", "runc run"),
+                ("crun", "crun run"),
+                ("keel run", "keel run"),
+                ("keel in-process", "keel's runtime in-process"),
+            ] {
+                let c = &l["ms"][name];
+                s += &format!(
+                    "| {label} | {} | {} |\n",
+                    cell(&c["cpu_seccomp"], 1),
+                    cell(&c["cpu_no_seccomp"], 1)
+                );
+            }
             for n in l["notes"].as_array().into_iter().flatten() {
                 s += &format!("\n- {}", n.as_str().unwrap_or(""));
             }
@@ -419,7 +433,7 @@ fn markdown(r: &Value) -> String {
                 b["baseline"].as_str().unwrap_or(""),
                 b["vm"].as_str().unwrap_or("")
             );
-            s += "| image | kernel | boots | `/init` → ready (ms) | kernel start → ready (ms) | PID 1 VmRSS (KiB) | machine memory in use (KiB) |\n|---|---|---|---|---|---|---|\n";
+            s += "| image | kernel | boots | `/init` → ready (ms) | kernel start → ready (ms) | PID 1 Pss (KiB) | machine memory in use (KiB) |\n|---|---|---|---|---|---|---|\n";
             for (key, image, kernel) in [
                 ("keel@debian", "keel", "Debian"),
                 ("baseline@debian", "baseline (busybox init + rc + runc)", "Debian"),
@@ -441,7 +455,7 @@ fn markdown(r: &Value) -> String {
                     },
                     cell(&v["init_to_ready_ms"], 0),
                     cell(&v["kernel_to_ready_ms"], 0),
-                    cell(&v["pid1_rss_kib"], 0),
+                    cell(&v["pid1_pss_kib"], 0),
                     cell(&v["machine_used_kib"], 0),
                 );
             }
