@@ -6,7 +6,8 @@ set -euo pipefail
 # and what `keel build --format iso` boots with (isolinux, assembled by xorriso).
 packages=(qemu-system-x86 busybox-static linux-source linux-image-amd64 cpio file gzip runc crun
           flex bison bc make gcc g++ libelf-dev libssl-dev xz-utils
-          e2fsprogs util-linux xorriso isolinux syslinux-common)
+          e2fsprogs util-linux xorriso isolinux syslinux-common
+          linux-perf strace)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "build")]
         Some("check-kernel") => keel::kconfig::run(&args[1..]),
         Some("run") => run(&args[1..]),
+        Some("bench-runtime") => bench_runtime(&args[1..]),
         Some("init") => dev_init(&args[1..]),
         Some(req @ ("poweroff" | "reboot" | "halt")) => request(req),
         Some("version" | "--version") => {
@@ -70,7 +71,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &[String]) -> ExitCode {
+/// `keel run`'s options: (id, state root, cgroup parent, bundle).
+fn run_args(cmd: &str, args: &[String]) -> Result<(String, PathBuf, String, PathBuf), ExitCode> {
     let mut id = None;
     let mut root = PathBuf::from("/run/keel/containers");
     let mut cgroup_parent = "keel".to_string();
@@ -80,8 +82,8 @@ fn run(args: &[String]) -> ExitCode {
         match a.as_str() {
             "--id" | "--root" | "--cgroup-parent" => {
                 let Some(v) = it.next() else {
-                    eprintln!("keel run: {a} needs a value");
-                    return ExitCode::from(2);
+                    eprintln!("keel {cmd}: {a} needs a value");
+                    return Err(ExitCode::from(2));
                 };
                 match a.as_str() {
                     "--id" => id = Some(v.clone()),
@@ -91,16 +93,57 @@ fn run(args: &[String]) -> ExitCode {
             }
             _ if bundle.is_none() && !a.starts_with('-') => bundle = Some(PathBuf::from(a)),
             _ => {
-                eprintln!("keel run: unexpected argument {a:?}\n{USAGE}");
-                return ExitCode::from(2);
+                eprintln!("keel {cmd}: unexpected argument {a:?}\n{USAGE}");
+                return Err(ExitCode::from(2));
             }
         }
     }
     let Some(bundle) = bundle else {
-        eprintln!("keel run: no bundle given\n{USAGE}");
-        return ExitCode::from(2);
+        eprintln!("keel {cmd}: no bundle given\n{USAGE}");
+        return Err(ExitCode::from(2));
     };
-    let id = id.unwrap_or_else(|| format!("run-{}", std::process::id()));
+    let id = id.unwrap_or_else(|| format!("{cmd}-{}", std::process::id()));
+    Ok((id, root, cgroup_parent, bundle))
+}
+
+/// What one container took: run (create + start), wait (until its exit is reaped), delete.
+#[derive(Default)]
+struct Phases([std::time::Duration; 3]);
+
+/// Create, start, wait for and delete one container, as PID 1 does for an onboot
+/// container: its exit code (128+N for signal N) and whether the delete failed, or what failed.
+fn lifecycle(
+    rt: &Runtime,
+    id: &str,
+    bundle: &std::path::Path,
+    phases: &mut Phases,
+) -> Result<(i32, Option<String>), String> {
+    let t = std::time::Instant::now();
+    let handle = rt.run(id, bundle, Stdio::default()).map_err(|e| e.to_string())?;
+    phases.0[0] = t.elapsed();
+    let code = loop {
+        match waitpid(handle.pid, None) {
+            Ok(WaitStatus::Exited(_, c)) => break c,
+            Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                let msg = format!("waitpid {}: {e}", handle.pid);
+                let _ = rt.delete(handle);
+                return Err(msg);
+            }
+        }
+    };
+    phases.0[1] = t.elapsed().saturating_sub(phases.0[0]);
+    let deleted = rt.delete(handle).err().map(|e| e.to_string());
+    phases.0[2] = t.elapsed().saturating_sub(phases.0[0] + phases.0[1]);
+    Ok((code, deleted))
+}
+
+fn run(args: &[String]) -> ExitCode {
+    let (id, root, cgroup_parent, bundle) = match run_args("run", args) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     let rt = match Runtime::new(&root, &cgroup_parent) {
         Ok(rt) => rt,
         Err(e) => {
@@ -108,28 +151,79 @@ fn run(args: &[String]) -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    let handle = match rt.run(&id, &bundle, Stdio::default()) {
-        Ok(h) => h,
+    match lifecycle(&rt, &id, &bundle, &mut Phases::default()) {
+        Ok((code, deleted)) => {
+            if let Some(e) = deleted {
+                eprintln!("keel run: {e}");
+            }
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
         Err(e) => {
             eprintln!("keel run: {e}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+/// CPU time of this process and of its children that were reaped.
+fn cpu_time() -> std::time::Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    [UsageWho::RUSAGE_SELF, UsageWho::RUSAGE_CHILDREN]
+        .into_iter()
+        .filter_map(|who| getrusage(who).ok())
+        .map(|u| {
+            let us = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
+            std::time::Duration::from_micros(us(u.user_time()) + us(u.system_time()))
+        })
+        .sum()
+}
+
+/// Hidden, for the benchmarks: `keel bench-runtime [run options] BUNDLE` runs one
+/// create+start+wait+delete per line read on stdin, in this process (what PID 1 pays, without
+/// a process start), and answers each with `NANOSECONDS EXIT_CODE RUN WAIT DELETE CPU` (the
+/// phases, and the CPU time of this process and the container's, in nanoseconds) or
+/// `error MESSAGE`.
+fn bench_runtime(args: &[String]) -> ExitCode {
+    let (id, root, cgroup_parent, bundle) = match run_args("bench-runtime", args) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let rt = match Runtime::new(&root, &cgroup_parent) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keel bench-runtime: {e}");
             return ExitCode::from(125);
         }
     };
-    let code = loop {
-        match waitpid(handle.pid, None) {
-            Ok(WaitStatus::Exited(_, c)) => break c,
-            Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => {
-                eprintln!("keel run: waitpid {}: {e}", handle.pid);
-                break 125;
+    // Raw reads of fd 0: the standard library's buffered stdin would cost the device binary
+    // kilobytes for this hidden command alone.
+    let mut buf = [0u8; 64];
+    let mut out = std::io::stdout();
+    loop {
+        let n = match nix::unistd::read(0, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for _ in buf[..n].iter().filter(|&&b| b == b'\n') {
+            let (t, cpu) = (std::time::Instant::now(), cpu_time());
+            let mut p = Phases::default();
+            let answer = match lifecycle(&rt, &id, &bundle, &mut p) {
+                Ok((code, None)) => format!(
+                    "{} {code} {} {} {} {}",
+                    t.elapsed().as_nanos(),
+                    p.0[0].as_nanos(),
+                    p.0[1].as_nanos(),
+                    p.0[2].as_nanos(),
+                    cpu_time().saturating_sub(cpu).as_nanos()
+                ),
+                Ok((_, Some(e))) | Err(e) => format!("error {}", e.replace('\n', " ")),
+            };
+            if writeln!(out, "{answer}").and_then(|_| out.flush()).is_err() {
+                return ExitCode::SUCCESS;
             }
         }
-    };
-    if let Err(e) = rt.delete(handle) {
-        eprintln!("keel run: {e}");
     }
-    ExitCode::from(code.clamp(0, 255) as u8)
+    ExitCode::SUCCESS
 }
 
 /// Through the initctl FIFO when it exists (works from a container that binds it), else by

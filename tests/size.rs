@@ -8,10 +8,13 @@ use std::process::Command;
 
 use common::*;
 
-/// Measured 2.57 MB (static, stripped, opt-level z, LTO, lld --icf=all, no cgroup v1, regex-lite).
-const KEEL_BINARY_BUDGET: u64 = 3_500_000;
-/// Measured 2.55 MB kernel + 1.43 MB initrd (keel alone); budget from the project target.
-const MINIMAL_IMAGE_BUDGET: u64 = 6_000_000;
+/// Measured 2.64 MB (static, stripped, opt-level z, LTO, lld --icf=all, no cgroup v1,
+/// regex-lite; scripts/bench.sh, README "Measured"): about 12% of room. The project's ceiling
+/// is 3.5 MB; growth past this budget should be a decision, not an accident.
+const KEEL_BINARY_BUDGET: u64 = 3_000_000;
+/// Measured 3.76 MB: keel's kernel 2.59 MB + an initrd with keel alone 1.17 MB; about 20%
+/// of room, for kernel hardening too. The project's ceiling is 6 MB.
+const MINIMAL_IMAGE_BUDGET: u64 = 4_500_000;
 
 fn path_from_env(var: &str) -> PathBuf {
     PathBuf::from(
