@@ -1,0 +1,467 @@
+//! The fault and abuse suite: keel as PID 1 in QEMU (TCG) against what services, clients,
+//! bundles and power cuts can do to it. Each test boots an image, lets a judge inside the
+//! machine (or the host) do harm and measure PID 1 from outside (its /proc entry, the
+//! cgroups under /sys/fs/cgroup/keel, the runtime's state directories), and fails with the
+//! whole console log when anything is off. Every console is also kept in target/faults/.
+//!
+//! Quick by default (what CI runs); `KEEL_FAULTS=full` scales every storm up (thousands of
+//! orphans and signals, a thousand crash-loop restarts, twenty power cuts):
+//! `scripts/faults.sh` runs that. Inputs (scripts/env.sh sets them): KEEL_BIN, KEEL_KERNEL,
+//! and for the injected faults KEEL_FAULTS_BIN, keel built with the `faults` feature.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Generous: a full-mode crash loop of a thousand restarts takes minutes under TCG.
+const BOOT_LIMIT: Duration = Duration::from_secs(1800);
+
+const NEVER: &[&str] = &[
+    "Kernel panic",
+    "Attempted to kill init",
+    "keel: internal error",
+    "judge: TIMEOUT",
+    "judge: keel ctl failed",
+];
+
+fn full() -> bool {
+    std::env::var("KEEL_FAULTS").is_ok_and(|v| v == "full")
+}
+
+/// The quick (CI) or the full value.
+fn pick<T>(quick: T, long: T) -> T {
+    if full() {
+        long
+    } else {
+        quick
+    }
+}
+
+fn env_path(var: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(p) if Path::new(&p).exists() => PathBuf::from(p),
+        Some(p) => panic!("{var}={} does not exist", Path::new(&p).display()),
+        None => panic!("{var} is not set (scripts/env.sh sets it up; scripts/faults.sh runs this suite)"),
+    }
+}
+
+fn build_image(src: &str, keel: &Path) -> PathBuf {
+    let out = scratch("faults-image").join("initrd.img");
+    let st = Command::new(repo().join("scripts/build-image.sh"))
+        .arg(repo().join(src))
+        .arg(&out)
+        .arg(keel)
+        .stderr(Stdio::null())
+        .status()
+        .expect("run scripts/build-image.sh");
+    assert!(st.success(), "build-image.sh failed for {src}");
+    out
+}
+
+/// Serial console output with the colours, carriage returns and NULs taken out.
+fn clean(raw: &[u8]) -> String {
+    let raw = String::from_utf8_lossy(raw).replace(['\r', '\0'], "");
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A VM whose serial console is collected as it comes.
+struct Vm {
+    child: Child,
+    console: Arc<Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Vm {
+    fn start(kernel: &Path, initrd: &Path, cmdline: &str, qemu_args: &str) -> Vm {
+        let mut child = Command::new(repo().join("scripts/run-qemu.sh"))
+            .env("KEEL_QEMU_ARGS", qemu_args)
+            .arg(kernel)
+            .arg(initrd)
+            .arg(cmdline)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run scripts/run-qemu.sh");
+        let mut out = child.stdout.take().unwrap();
+        let console = Arc::new(Mutex::new(Vec::new()));
+        let sink = console.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Vm {
+            child,
+            console,
+            reader: Some(reader),
+            started: Instant::now(),
+        }
+    }
+
+    fn console(&self) -> String {
+        clean(&self.console.lock().unwrap())
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Wait for QEMU to end by itself; true if it did within `limit` (else it is killed).
+    fn wait(&mut self, limit: Duration) -> bool {
+        while self.started.elapsed() < limit {
+            if self.exited() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+        false
+    }
+
+    /// SIGKILL: the machine loses power.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The console once QEMU is gone, QEMU's own complaints appended.
+    fn finish(mut self, name: &str, exited: bool) -> Run {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let console = self.console() + &err;
+        let dir = repo().join("target/faults");
+        let _ = std::fs::create_dir_all(&dir);
+        let log = dir.join(format!("{name}.log"));
+        let _ = std::fs::write(&log, &console);
+        Run { console, exited, log }
+    }
+}
+
+/// One boot's console, and what the judge said in it.
+struct Run {
+    console: String,
+    exited: bool,
+    log: PathBuf,
+}
+
+impl Run {
+    fn fail(&self, why: &str) -> ! {
+        panic!(
+            "{why}\n----- console (also in {}) -----\n{}\n----- end of console -----",
+            self.log.display(),
+            self.console
+        )
+    }
+
+    fn check(&self, ok: bool, why: impl FnOnce() -> String) {
+        if !ok {
+            self.fail(&why());
+        }
+    }
+
+    /// Every pattern in this order, none of the forbidden anywhere, and QEMU ended by itself.
+    fn expect(&self, what: &str, expected: &[&str], forbidden: &[&str]) {
+        let lines: Vec<&str> = self.console.lines().collect();
+        let mut at = 0;
+        let mut problems = Vec::new();
+        for pat in expected {
+            match lines[at..].iter().position(|l| l.contains(pat)) {
+                Some(i) => at += i + 1,
+                None => {
+                    let anywhere = lines.iter().any(|l| l.contains(pat));
+                    problems.push(format!(
+                        "{pat:?} {}",
+                        if anywhere { "is out of order" } else { "is missing" }
+                    ));
+                }
+            }
+        }
+        for pat in NEVER.iter().chain(forbidden) {
+            if let Some(l) = lines.iter().find(|l| l.contains(pat)) {
+                problems.push(format!("unexpected line: {l}"));
+            }
+        }
+        if !self.exited {
+            problems.push("QEMU did not end by itself: the machine hung".into());
+        }
+        if !problems.is_empty() {
+            self.fail(&format!("{what}:\n  {}", problems.join("\n  ")));
+        }
+    }
+
+    fn count(&self, pat: &str) -> usize {
+        self.console.lines().filter(|l| l.contains(pat)).count()
+    }
+
+    /// The rest of the judge's line that starts with `key`.
+    fn judge(&self, key: &str) -> String {
+        let prefix = format!("judge: {key}");
+        self.console
+            .lines()
+            .find_map(|l| Some(l[l.find(&prefix)? + prefix.len()..].trim().to_string()))
+            .unwrap_or_else(|| self.fail(&format!("the judge never said {prefix:?}")))
+    }
+
+    /// The first number in the judge's line `key`.
+    fn number(&self, key: &str) -> i64 {
+        let rest = self.judge(key);
+        rest.split(|c: char| !c.is_ascii_digit() && c != '-')
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| self.fail(&format!("no number in the judge's {key:?}: {rest:?}")))
+    }
+
+    /// A `judge: NAME rss=.. fds=.. cgroups=.. ...` snapshot.
+    fn snapshot(&self, name: &str) -> BTreeMap<String, i64> {
+        let rest = self.judge(&format!("{name} rss="));
+        format!("rss={rest}")
+            .split_whitespace()
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// A snapshot taken while nothing starts or stops: every container has exactly one
+    /// cgroup, one state directory and one rewritten bundle, and nothing else is left.
+    fn quiescent(&self, name: &str) -> BTreeMap<String, i64> {
+        let s = self.snapshot(name);
+        let n = s.get("containers").copied().unwrap_or(-1);
+        for k in ["cgroups", "states", "patched"] {
+            self.check(s.get(k) == Some(&n), || {
+                format!("snapshot {name}: {k} {:?} for {n} containers: {s:?}", s.get(k))
+            });
+        }
+        s
+    }
+}
+
+fn boot(name: &str, image: &str, keel: &Path, cmdline: &str, qemu_args: &str) -> Run {
+    require_root();
+    let initrd = build_image(image, keel);
+    let mut vm = Vm::start(&env_path("KEEL_KERNEL"), &initrd, cmdline, qemu_args);
+    let exited = vm.wait(BOOT_LIMIT);
+    vm.finish(name, exited)
+}
+
+fn keel_bin() -> PathBuf {
+    env_path("KEEL_BIN")
+}
+
+/// Cases 1, 2 and 5 in one boot: the orphan storm with exit statuses of services that keep
+/// exiting, the crash loops, and the signal storm, then a burst of shutdown signals.
+#[test]
+fn orphans_crash_loops_and_signals_leave_pid1_as_it_was() {
+    let orphans = pick(2000, 10000);
+    let crashes = pick(100, 1000);
+    let signals = pick(100, 1000);
+    let run = boot(
+        "storm",
+        "tests/images/faults",
+        &keel_bin(),
+        &format!(
+            "keel_test.phases=orphans,crash,signals keel_test.orphans={orphans} \
+             keel_test.crashes={crashes} keel_test.signals={signals}"
+        ),
+        "",
+    );
+    let broken = [
+        "already exists",
+        "delete failed",
+        "left behind",
+        "failed to start",
+        "Restarting system",
+        "System halted",
+    ];
+    run.expect(
+        "orphan storm, exit statuses, crash loops, signal storm",
+        &[
+            "judge: phase orphans",
+            &format!("orphans: left {orphans} children to PID 1"),
+            "keel: [ WARN ] service orphans exited: exit code 17",
+            "judge: zombies 0",
+            "judge: orphans last exit: exit code 17",
+            "judge: exit3 restarts 24 last exit: exit code 3",
+            "judge: sigusr1 restarts 24 last exit: signal SIGUSR1",
+            "judge: phase crash",
+            "judge: crashloop rate",
+            "judge: crashkids rate",
+            "judge: phase signals",
+            &format!("sigstorm: sent {} signals to PID 1", 59 * signals),
+            "judge: after the signal storm: heartbeat restarts 1 state running",
+            "judge: heartbeat lines",
+            "judge: done",
+            "keel: poweroff requested by SIGTERM",
+            "already shutting down",
+            "keel: poweroff now",
+            "reboot: Power down",
+        ],
+        &broken,
+    );
+
+    // Every exit of the services that kept exiting during the storm, each as it was.
+    for (unit, exit) in [("exit3", "exit code 3"), ("sigusr1", "signal SIGUSR1")] {
+        let all = run.count(&format!("service {unit} exited: "));
+        let right = run.count(&format!("service {unit} exited: {exit}"));
+        run.check(all == 25 && right == 25, || {
+            format!("{unit}: {right} of {all} exits reported as {exit}, expected 25 of 25")
+        });
+        run.check(
+            run.count(&format!("service {unit} failed: start limit reached: 25 starts")) == 1,
+            || format!("{unit} did not end at its start limit"),
+        );
+    }
+
+    // Crash loops: nothing PID 1 holds grows with the restarts.
+    for (unit, n) in [("crashloop", crashes), ("crashkids", crashes / 2)] {
+        let idle = run.quiescent(&format!("{unit}-idle"));
+        let before = run.snapshot(&format!("{unit}-before"));
+        let after = run.snapshot(&format!("{unit}-after"));
+        let stopped = run.quiescent(&format!("{unit}-stopped"));
+        let restarts = run.count(&format!("service {unit} exited: exit code 1"));
+        run.check(restarts as i64 >= n, || {
+            format!("{unit}: {restarts} exits seen, expected at least {n}")
+        });
+        run.check(run.count(&format!("service {unit} exited: ")) == restarts, || {
+            format!("{unit}: an exit other than exit code 1")
+        });
+        let grew = after["rss"] - before["rss"];
+        run.check(grew <= pick(192, 128), || {
+            format!("{unit}: PID 1's RSS grew {grew} kB over the crash loop: {before:?} -> {after:?}")
+        });
+        // Mid-loop a container being created holds a few more; at rest there are no more.
+        run.check(stopped["fds"] <= idle["fds"], || {
+            format!("{unit}: PID 1's fds grew: {idle:?} -> {stopped:?}")
+        });
+        run.check(stopped["containers"] == idle["containers"] - 1, || {
+            format!("{unit}: containers left after the stop: {idle:?} -> {stopped:?}")
+        });
+        eprintln!(
+            "faults: {unit}: {}; before {before:?}, after {after:?}, stopped {stopped:?}; PID 1 in: {}",
+            run.judge(&format!("{unit} rate")),
+            run.judge(&format!("{unit} PID 1 in:"))
+        );
+    }
+    run.check(run.judge("heartbeat lines").ends_with("gaps 0"), || {
+        "heartbeat lost lines".into()
+    });
+    eprintln!(
+        "faults: orphans {orphans}, signals {}: phases (cs) orphans {}, crash {}, signals {}; snapshots boot {:?} end {:?}",
+        59 * signals,
+        run.number("phase orphans done in"),
+        run.number("phase crash done in"),
+        run.number("phase signals done in"),
+        run.quiescent("boot"),
+        run.quiescent("end")
+    );
+}
+
+/// Cases 3, 4 and 8 in one boot: a fork bomb and a memory hog side by side, then a log
+/// flood (and an endless line) while stalled `keel ctl logs -f` clients never read.
+#[test]
+fn fork_bomb_memory_hog_and_log_flood_stay_contained() {
+    let followers = 16;
+    let flood = pick(20000, 100000);
+    let run = boot(
+        "pressure",
+        "tests/images/faults",
+        &keel_bin(),
+        &format!("keel_test.phases=pressure,flood keel_test.followers={followers} keel_test.flood={flood}"),
+        "",
+    );
+    run.expect(
+        "fork bomb, memory hog, log flood",
+        &[
+            "judge: phase pressure",
+            "judge: bomb pids",
+            "judge: ctl latency under the bomb",
+            "judge: bomb stopped in",
+            "judge: bomb restarted: pids",
+            "judge: hog restarts 2 last exit: signal SIGKILL (out of memory)",
+            "judge: PID 1 oom_score_adj -1000",
+            "judge: phase flood",
+            "judge: flood rss-max=",
+            "judge: heartbeat lines",
+            "judge: done",
+            "keel: poweroff now",
+            "reboot: Power down",
+        ],
+        &["already exists", "delete failed", "failed to start"],
+    );
+    for key in ["bomb pids", "bomb restarted: pids"] {
+        let pids = run.number(key);
+        run.check((120..=128).contains(&pids), || {
+            format!("{key} {pids}: the bomb should sit at its pids.max of 128")
+        });
+    }
+    run.check(
+        run.count("service hog was killed by the out-of-memory killer") == 3,
+        || "the hog was not OOM-killed three times".into(),
+    );
+    let before = run.quiescent("flood-before");
+    run.quiescent("pressure-after");
+    run.quiescent("flood-after");
+    let peak = run.number("flood rss-max=");
+    run.check(peak - before["rss"] <= 2048, || {
+        format!(
+            "PID 1 grew from {} kB to {peak} kB during the flood with {followers} stalled followers",
+            before["rss"]
+        )
+    });
+    let longest = run.number("endless longest line");
+    run.check(longest <= 4096 + 64, || {
+        format!("a log line of {longest} characters")
+    });
+    for unit in ["flood", "endless"] {
+        let files = run.judge(&format!("log files {unit}"));
+        let (n, bytes) = files.split_once(' ').unwrap_or(("", ""));
+        let (n, bytes): (i64, i64) = (n.parse().unwrap_or(-1), bytes.parse().unwrap_or(-1));
+        run.check((1..=3).contains(&n) && bytes <= 3 * (1 << 20) + 8192, || {
+            format!("{unit}'s log files: {n} files, {bytes} bytes; at most 3 of 1 MiB each")
+        });
+    }
+    run.check(run.judge("heartbeat lines").ends_with("gaps 0"), || {
+        "heartbeat lost lines".into()
+    });
+    eprintln!(
+        "faults: bomb: {}; ctl latency under the bomb {}; stopped in {}; hog: {}; flood of {flood} lines: PID 1 {} kB -> peak {peak} kB, {}; flood PID 1 in: {}",
+        run.judge("bomb pids"),
+        run.judge("ctl latency under the bomb"),
+        run.judge("bomb stopped in"),
+        run.judge("hog restarts"),
+        before["rss"],
+        run.judge("flood rss-max="),
+        run.judge("flood PID 1 in:"),
+    );
+}
