@@ -315,10 +315,16 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
         let ctl_due = control.as_mut().and_then(|c| c.expire(&epoll, now));
         let pet_due = watchdog::pet(now);
         let log_due = driver.syslog_deadline();
-        match [driver.machine.next_deadline(), ctl_due, pet_due, log_due]
-            .into_iter()
-            .flatten()
-            .min()
+        match [
+            driver.machine.next_deadline(),
+            ctl_due,
+            pet_due,
+            log_due,
+            driver.drain_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
         {
             Some(d) => {
                 let wait = d.saturating_sub(driver.now()).max(Duration::from_millis(1));
@@ -386,6 +392,7 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
                     _ => {}
                 }
             }
+            driver.drain();
             let first = driver.queue.pop_front();
             driver.pump(first);
             if let Some(c) = control.as_mut() {

@@ -80,6 +80,9 @@ pub struct Handle {
     bundle: PathBuf,
 }
 
+/// Where the cgroup v2 hierarchy is mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 /// Where in a container the sd_notify socket directory is mounted.
 pub const NOTIFY_MOUNT: &str = "/run/keel-notify";
 
@@ -582,9 +585,35 @@ impl Runtime {
         r
     }
 
-    /// Remove the container's state and cgroup. Call after its process was reaped.
+    /// Whether processes the container's init left behind still hold its cgroup (one that
+    /// shares the machine's PID namespace can leave children); if so they are sent SIGKILL.
+    /// Delete only once this is false: the runtime's own removal of a busy cgroup sleeps in
+    /// the caller, then gives up.
+    pub fn leftovers(&self, handle: &Handle) -> bool {
+        let Some(cg) = &handle.cgroup else {
+            return false;
+        };
+        let dir = Path::new(CGROUP_ROOT).join(cg.strip_prefix("/").unwrap_or(cg));
+        let populated = fs::read_to_string(dir.join("cgroup.events"))
+            .is_ok_and(|t| t.lines().any(|l| l == "populated 1"));
+        if populated && fs::write(dir.join("cgroup.kill"), "1").is_err() {
+            // Kernels before 5.14 have no cgroup.kill: one by one.
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.parse().ok()) {
+                let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        populated
+    }
+
+    /// Remove the container's state and cgroup. Call after its process was reaped. The
+    /// state directory goes even when the cgroup cannot: a leftover directory would refuse
+    /// every later container of this id.
     pub fn delete(&self, mut handle: Handle) -> Result<()> {
         let r = guarded(&handle.id, "delete", || handle.container.delete(true));
+        if r.is_err() {
+            let _ = fs::remove_dir_all(self.state_root.join(&handle.id));
+        }
         if let Some(p) = &handle.patched_bundle {
             let _ = fs::remove_dir_all(p);
         }
