@@ -682,16 +682,16 @@ impl Driver {
         }
     }
 
+    /// A follower's next lines: those after `after`, about FOLLOW_BATCH bytes of text at
+    /// most, and the sequence number of the last one given (the rest come in later batches).
     pub(super) fn log_lines(&self, id: UnitId, after: u64) -> (Vec<LogLine>, u64) {
         if id == KEEL_LOG_ID {
-            return crate::logging::with_own(|r| (r.since(after).1.map(log_line).collect(), r.last_seq()));
+            return crate::logging::with_own(|r| follow_batch(r.since(after).1, r.last_seq()));
         }
-        let Some(ring) = self.ring(id) else {
-            return (Vec::new(), after);
-        };
-        let (_, entries) = ring.since(after);
-        let lines: Vec<LogLine> = entries.map(log_line).collect();
-        (lines, ring.last_seq())
+        match self.ring(id) {
+            Some(ring) => follow_batch(ring.since(after).1, ring.last_seq()),
+            None => (Vec::new(), after),
+        }
     }
 
     pub(super) fn answer(&mut self, req: Request) -> Answer {
@@ -763,6 +763,26 @@ impl Driver {
         self.queue.push_back(Event::Shutdown(kind));
         Answer::Reply(Response::Ok(Data::Done(format!("{kind} requested"))))
     }
+}
+
+/// Text per batch sent to a follower. A follower is sent its next batch only once it has
+/// taken the last one, so one that stops reading costs PID 1 no more than this.
+const FOLLOW_BATCH: usize = 16 * 1024;
+
+fn follow_batch<'a>(
+    entries: impl Iterator<Item = &'a crate::logging::capture::Entry>,
+    last_seq: u64,
+) -> (Vec<LogLine>, u64) {
+    let mut lines = Vec::new();
+    let mut bytes = 0;
+    for e in entries {
+        lines.push(log_line(e));
+        bytes += e.text.len();
+        if bytes >= FOLLOW_BATCH {
+            return (lines, e.seq);
+        }
+    }
+    (lines, last_seq)
 }
 
 fn log_line(e: &crate::logging::capture::Entry) -> LogLine {
