@@ -221,6 +221,30 @@ pub fn load_spec(bundle: &Path) -> Result<Spec> {
             spec.version()
         )));
     }
+    // Hooks run in the runtime's caller (PID 1) or hold it up while the container is made,
+    // and are waited for without a bound unless they set one: one hanging hook would stop
+    // the whole machine. keel's own bundles never have any.
+    if let Some(h) = spec.hooks() {
+        let kinds = [
+            ("prestart", h.prestart()),
+            ("createRuntime", h.create_runtime()),
+            ("createContainer", h.create_container()),
+            ("startContainer", h.start_container()),
+            ("poststart", h.poststart()),
+            ("poststop", h.poststop()),
+        ];
+        let used: Vec<&str> = kinds
+            .iter()
+            .filter(|(_, v)| v.as_ref().is_some_and(|v| !v.is_empty()))
+            .map(|(k, _)| *k)
+            .collect();
+        if !used.is_empty() {
+            return Err(bad(format!(
+                "hooks.{} not supported: hooks would run inside PID 1 (or hold it up) without a time limit",
+                used.join(", hooks.")
+            )));
+        }
+    }
     let root = spec.root().as_ref().ok_or_else(|| bad("no \"root\"".into()))?;
     let rootfs = bundle.join(root.path());
     if !rootfs.is_dir() {
@@ -678,6 +702,16 @@ mod tests {
             r#"{"ociVersion":"2.0","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"]}}"#,
         );
         assert!(load_spec(&d).unwrap_err().to_string().contains("not supported"));
+        bundle(
+            &d,
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"],"env":["PATH=/bin"]},
+               "hooks":{"prestart":[{"path":"/bin/sleep","args":["sleep","1000"]}],"poststop":[{"path":"/bin/true"}],"poststart":[]}}"#,
+        );
+        let e = load_spec(&d).unwrap_err().to_string();
+        assert!(
+            e.contains("config.json") && e.contains("hooks.prestart, hooks.poststop not supported"),
+            "{e}"
+        );
         fs::remove_dir_all(&d).unwrap();
     }
 }
