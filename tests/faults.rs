@@ -771,3 +771,181 @@ fn bad_bundles_fail_by_name_and_a_hung_shutdown_ends_in_time() {
     });
     eprintln!("faults: hung shutdown (stop timeout {stop}) took {took:.1} s");
 }
+
+/// A layer with raw header names, so hostile paths can be written too.
+fn layer(entries: &[(tar::EntryType, &str, &str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (kind, name, link, data) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(*kind);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(data.len() as u64);
+        let old = h.as_old_mut();
+        old.name[..name.len()].copy_from_slice(name.as_bytes());
+        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// An OCI image layout holding `images` (name, layers), each running /bin/app.
+fn layout(dir: &Path, images: &[(&str, Vec<Vec<u8>>)]) {
+    use sha2::Digest;
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let blob = |media: &str, bytes: &[u8]| {
+        let hex: String = sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+        serde_json::json!({"mediaType": media, "digest": format!("sha256:{hex}"), "size": bytes.len()})
+    };
+    let mut manifests = Vec::new();
+    for (name, layers) in images {
+        let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+            "config": {"Entrypoint": ["/bin/app"]}, "rootfs": {"type": "layers", "diff_ids": []}});
+        let config = blob(
+            "application/vnd.oci.image.config.v1+json",
+            config.to_string().as_bytes(),
+        );
+        let layers: Vec<_> = layers
+            .iter()
+            .map(|l| blob("application/vnd.oci.image.layer.v1.tar", l))
+            .collect();
+        let m = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config, "layers": layers});
+        let mut d = blob(
+            "application/vnd.oci.image.manifest.v1+json",
+            m.to_string().as_bytes(),
+        );
+        d["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": name});
+        manifests.push(d);
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": manifests});
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+}
+
+/// Everything under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Case 7, the layers: `keel build` refuses an image whose layer names a path outside its
+/// rootfs (`..`, an absolute path, a hard link out), naming the service, the image, the layer
+/// and the entry, writing nothing outside and no initrd; and it contains an image whose
+/// symlinks point outside: what a later layer writes through them lands inside the rootfs.
+#[test]
+fn keel_build_refuses_or_contains_layers_that_try_to_escape() {
+    require_root();
+    use tar::EntryType::{Link, Regular, Symlink};
+    let d = scratch("faults-layers");
+    let outside = d.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("victim"), "victim").unwrap();
+    let abs = outside.to_str().unwrap().to_string();
+    let app: (tar::EntryType, &str, &str, &[u8]) = (Regular, "bin/app", "", b"#!/bin/sh\n");
+    let up = format!("../../../../../../../../..{abs}/owned");
+    let escapes: Vec<(&str, Vec<u8>)> = vec![
+        ("dotdot:1", layer(&[app, (Regular, &up, "", b"owned")])),
+        (
+            "absolute:1",
+            layer(&[app, (Regular, &format!("{abs}/owned"), "", b"owned")]),
+        ),
+        (
+            "hardlink:1",
+            layer(&[app, (Link, "victim", &format!("{abs}/victim"), b"")]),
+        ),
+    ];
+    let contained = (
+        "symlink:1",
+        vec![
+            layer(&[
+                app,
+                (Symlink, "etc", &abs, b""),
+                (Symlink, "up", "../../../../..", b""),
+            ]),
+            layer(&[
+                (Regular, "etc/owned", "", b"owned"),
+                (Regular, "up/owned", "", b"owned"),
+            ]),
+        ],
+    );
+    let store = d.join("store");
+    let mut images: Vec<(&str, Vec<Vec<u8>>)> = escapes.iter().map(|(n, l)| (*n, vec![l.clone()])).collect();
+    images.push(contained.clone());
+    layout(&store, &images);
+    let build = |image: &str| {
+        let m = d.join(format!("{}.yml", image.replace(':', "-")));
+        std::fs::write(&m, format!("services:\n  - name: evil\n    image: {image}\n")).unwrap();
+        let out = d.join(format!("out-{}", image.replace(':', "-")));
+        let o = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("build")
+            .arg(&m)
+            .arg("-o")
+            .arg(&out)
+            .arg("--store")
+            .arg(&store)
+            .arg("--keel")
+            .arg(keel_bin())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            out,
+        )
+    };
+    for ((image, _), entry) in escapes
+        .iter()
+        .zip([up.clone(), format!("{abs}/owned"), "victim".into()])
+    {
+        let (ok, stderr, out) = build(image);
+        assert!(!ok, "keel build of {image} succeeded:\n{stderr}");
+        for part in ["evil", image, "layer sha256:", &format!("{entry:?}")] {
+            assert!(
+                stderr.contains(part),
+                "{image}: the error does not name {part:?}:\n{stderr}"
+            );
+        }
+        assert!(!out.join("initrd.img").exists(), "{image}: an initrd was written");
+        assert_eq!(tree(&outside), ["victim"], "{image} wrote outside its rootfs");
+        eprintln!("faults: keel build {image}: {}", stderr.trim());
+    }
+    let (ok, stderr, out) = build(contained.0);
+    assert!(ok, "keel build of {}: {stderr}", contained.0);
+    assert_eq!(tree(&outside), ["victim"], "the symlinks led outside the rootfs");
+    let list = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zcat {} | cpio -t --quiet",
+            out.join("initrd.img").display()
+        ))
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    let root = "containers/services/evil/rootfs";
+    for inside in [format!("{root}{abs}/owned"), format!("{root}/owned")] {
+        assert!(
+            list.lines().any(|l| l == inside),
+            "{inside} is not in the initrd:\n{list}"
+        );
+    }
+}
