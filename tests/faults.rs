@@ -236,6 +236,14 @@ impl Run {
             .unwrap_or_else(|| self.fail(&format!("the judge never said {prefix:?}")))
     }
 
+    /// The rest of the first line that contains `prefix`.
+    fn judge_line(&self, prefix: &str) -> String {
+        self.console
+            .lines()
+            .find_map(|l| Some(l[l.find(prefix)? + prefix.len()..].to_string()))
+            .unwrap_or_else(|| self.fail(&format!("no line with {prefix:?}")))
+    }
+
     /// The first number in the judge's line `key`.
     fn number(&self, key: &str) -> i64 {
         let rest = self.judge(key);
@@ -948,4 +956,73 @@ fn keel_build_refuses_or_contains_layers_that_try_to_escape() {
             "{inside} is not in the initrd:\n{list}"
         );
     }
+}
+
+/// Case 11: keel built with the `faults` feature (KEEL_FAULTS_BIN) fails its own steps on
+/// request. First boot: two base mounts, the containers' cgroup, one container's create and
+/// another's start fail; each is said, the rest boots and serves `keel ctl`, and the
+/// machine powers off as usual. Second boot: every base mount after /proc and then the event
+/// loop fail; keel says why and reboots deliberately instead of dying.
+#[test]
+fn injected_internal_faults_degrade_with_a_message() {
+    let keel = env_path("KEEL_FAULTS_BIN");
+    let run = boot(
+        "inject",
+        "tests/images/faults-inject",
+        &keel,
+        "keel.fault=mount:/dev/mqueue,mount:/tmp,cgroup,create:victim,start:late",
+        Duration::from_secs(300),
+    );
+    run.expect(
+        "mounts, the containers' cgroup, a create and a start fail",
+        &[
+            "keel: [ WARN ] injected fault: mount /dev/mqueue fails",
+            "keel: [ WARN ] injected fault: mount /tmp fails",
+            "keel: [FAILED] cannot mount mqueue on /dev/mqueue: EIO",
+            "keel: [FAILED] cannot mount tmpfs on /tmp: EIO",
+            "keel: [ WARN ] injected fault: cgroup keel fails",
+            "keel: [FAILED] cannot create cgroup /sys/fs/cgroup/keel: I/O error (os error 5); containers are not limited together",
+            "first: onboot ran",
+            "keel: [  OK  ] started service fine",
+            "keel: [FAILED] service late failed to start: container services.late: start failed: EIO",
+            "keel: [FAILED] service victim failed to start: container services.victim: create failed: EIO",
+            "keel: [FAILED] service late failed: start limit reached: 2 starts within",
+            "keel: [FAILED] service victim failed: start limit reached: 2 starts within",
+            "driver: mounted ",
+            "driver: reason:    start limit reached",
+            "keel: poweroff requested through /run/keel/ctl.sock",
+            "keel: poweroff now",
+            "reboot: Power down",
+        ],
+        &["already exists", "delete failed", "victim: never runs", "late: never runs"],
+    );
+    let mounted = run.judge_line("driver: mounted ");
+    run.check(
+        !mounted.contains(" /tmp ") && !mounted.contains(" /dev/mqueue ") && mounted.contains(" /run "),
+        || format!("PID 1's mounts: {mounted}"),
+    );
+
+    let run = boot(
+        "inject-loop",
+        "tests/images/faults-inject",
+        &keel,
+        "keel.fault=mount,loop",
+        Duration::from_secs(300),
+    );
+    let mut expected: Vec<String> = ["/sys", "/dev", "/dev/pts", "/run", "/sys/fs/cgroup"]
+        .iter()
+        .map(|m| format!("keel: [ WARN ] injected fault: mount {m} fails"))
+        .collect();
+    expected.extend([
+        "keel: [FAILED] cannot mount sysfs on /sys: EIO".into(),
+        "keel: [FAILED] cannot set up the event loop: signalfd: EIO: I/O error; cannot supervise anything, rebooting".into(),
+        "keel: reboot now".into(),
+        "reboot: Restarting system".into(),
+    ]);
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    run.expect(
+        "every mount and the event loop fail",
+        &expected,
+        &["first: onboot ran"],
+    );
 }

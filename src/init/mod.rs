@@ -129,6 +129,9 @@ pub fn pid1(dev_cmdline: Option<String>) -> ! {
 /// system that says what is wrong beats a kernel panic.
 fn boot(root: &Path, dev_cmdline: Option<String>) -> Options {
     let dev = dev_cmdline.is_some();
+    if let Some(c) = &dev_cmdline {
+        crate::fault::set(c);
+    }
     if !dev {
         match system::leave_initramfs() {
             Ok(true) => log::debug!("initramfs root bind-mounted onto itself"),
@@ -190,13 +193,23 @@ fn boot(root: &Path, dev_cmdline: Option<String>) -> Options {
         Ok(c) => {
             log::debug!("cgroup controllers: {}", c.join(" "));
             let ours = cgroot.join(CGROUP_PARENT);
-            let _ = fs::create_dir_all(&ours);
-            if let Err(e) = system::enable_controllers(&ours) {
-                log::warn!("{e}");
-            }
-            match system::limit_containers(&ours) {
-                Ok((mem, pids)) => log::debug!("containers together: memory.max {mem}, pids.max {pids}"),
-                Err(e) => log::warn!("{e}; containers together are not limited"),
+            let made = match crate::fault::injected("cgroup", CGROUP_PARENT) {
+                true => Err(std::io::Error::from(crate::fault::ERRNO)),
+                false => fs::create_dir_all(&ours),
+            };
+            if let Err(e) = made {
+                log::error!(
+                    "cannot create cgroup {}: {e}; containers are not limited together",
+                    ours.display()
+                );
+            } else {
+                if let Err(e) = system::enable_controllers(&ours) {
+                    log::warn!("{e}");
+                }
+                match system::limit_containers(&ours) {
+                    Ok((mem, pids)) => log::debug!("containers together: memory.max {mem}, pids.max {pids}"),
+                    Err(e) => log::warn!("{e}; containers together are not limited"),
+                }
             }
         }
         Err(e) => log::error!("{e}; containers get no resource control"),
@@ -247,6 +260,9 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
         containers.display()
     );
 
+    if crate::fault::injected("loop", "signalfd") {
+        return Err(ev("signalfd")(crate::fault::ERRNO));
+    }
     let sfd = SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(ev("signalfd"))?;
     let tfd = TimerFd::new(

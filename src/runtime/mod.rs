@@ -368,7 +368,15 @@ impl Runtime {
     /// Create and start the container of `bundle`; returns once its process is running.
     pub fn run(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Handle> {
         let mut handle = self.create(id, bundle, stdio)?;
-        if let Err(e) = guarded(id, "start", || handle.container.start()) {
+        let started = match crate::fault::injected("start", id) {
+            true => Err(RuntimeError::Runtime {
+                id: id.into(),
+                step: "start",
+                msg: crate::fault::ERRNO.to_string(),
+            }),
+            false => guarded(id, "start", || handle.container.start()),
+        };
+        if let Err(e) = started {
             self.delete(handle).ok();
             return Err(e);
         }
@@ -377,6 +385,13 @@ impl Runtime {
 
     /// Create the container (status "created": its init waits for `start`).
     pub fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Handle> {
+        if crate::fault::injected("create", id) {
+            return Err(RuntimeError::Runtime {
+                id: id.into(),
+                step: "create",
+                msg: crate::fault::ERRNO.to_string(),
+            });
+        }
         // Checked here, not left to libcontainer: cleaning up after a failed create must
         // never touch a container that already existed under this id.
         if self.state_root.join(id).exists() {
