@@ -370,7 +370,7 @@ fn orphans_crash_loops_and_signals_leave_pid1_as_it_was() {
             format!("{unit}: an exit other than exit code 1")
         });
         let grew = after["rss"] - before["rss"];
-        run.check(grew <= pick(192, 128), || {
+        run.check(grew <= pick(128, 64), || {
             format!("{unit}: PID 1's RSS grew {grew} kB over the crash loop: {before:?} -> {after:?}")
         });
         // Mid-loop a container being created holds a few more; at rest there are no more.
