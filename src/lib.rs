@@ -4,6 +4,7 @@
 pub mod build;
 pub mod ctl;
 pub mod duration;
+pub mod fault;
 #[cfg(feature = "build")]
 pub mod image;
 pub mod init;

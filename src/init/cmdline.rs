@@ -148,6 +148,8 @@ pub fn parse(cmdline: &str) -> Options {
                 Ok(f) => format = Some(f),
                 Err(e) => o.warnings.push(format!("kernel option {word}: {e}; using the default")),
             },
+            #[cfg(feature = "faults")]
+            "keel.fault" => {}
             k if k.starts_with("keel.") => o.warnings.push(format!("unknown kernel option {word}; ignored")),
             _ => {}
         }

@@ -250,14 +250,19 @@ impl Control {
         }
     }
 
-    /// Followers get the new lines of their unit; `lines(unit, after)` returns them and the
-    /// new last sequence number.
+    /// Followers get the new lines of their unit; `lines(unit, after)` returns the next
+    /// batch and the sequence number it ends at. A follower still sending its last batch
+    /// gets none: one that stops reading holds a batch in PID 1, not the whole flood (and
+    /// misses what the ring drops meanwhile).
     pub fn feed_followers(&mut self, epoll: &Epoll, lines: &dyn Fn(usize, u64) -> (Vec<LogLine>, u64)) {
         for slot in 0..self.clients.len() {
             let Some(Some(c)) = self.clients.get_mut(slot) else {
                 continue;
             };
             let Some((unit, seq)) = c.follow else { continue };
+            if !c.out.is_empty() {
+                continue;
+            }
             let (new, last) = lines(unit, seq);
             if new.is_empty() {
                 continue;

@@ -45,6 +45,19 @@ const KERNEL_LOG_ID: UnitId = usize::MAX - 1;
 const KERNEL_RING_BYTES: usize = 64 * 1024;
 /// How often ready files are looked for while a service waits on one.
 pub const READY_FILE_POLL: Duration = Duration::from_millis(100);
+/// How often a reaped container's cgroup is looked at while what it left behind dies, and
+/// how long that may take before it is deleted anyway.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// A container whose init was reaped while its cgroup still held processes: they were sent
+/// SIGKILL; it is deleted, and its exit reported, once they are gone.
+struct Draining {
+    id: UnitId,
+    handle: Handle,
+    exit: Exit,
+    since: Duration,
+}
 
 /// The supervisor, the runtime and the fds that feed them.
 pub struct Driver {
@@ -53,6 +66,7 @@ pub struct Driver {
     runtime: Result<Runtime, String>,
     running: HashMap<UnitId, Handle>,
     by_pid: HashMap<Pid, UnitId>,
+    draining: Vec<Draining>,
     epoch: Instant,
     epoch_uptime: Duration,
     pub(super) queue: VecDeque<Event>,
@@ -104,6 +118,7 @@ impl Driver {
             runtime,
             running: HashMap::new(),
             by_pid: HashMap::new(),
+            draining: Vec::new(),
             epoch: Instant::now(),
             epoch_uptime: Duration::from_secs_f64(crate::logging::uptime()),
             queue: VecDeque::new(),
@@ -420,22 +435,65 @@ impl Driver {
                     } else {
                         self.oom.remove(&id);
                     }
-                    if let (Some(h), Ok(rt)) = (self.running.remove(&id), &self.runtime) {
-                        if let Err(e) = rt.delete(h) {
-                            log::warn!("{e}");
-                        }
-                    }
                     let now = self.now();
                     self.outputs.close(id, &self.epoll, now);
                     // An onboot container may have mounted the persistent disk over /var/log.
                     if self.bundles[id].spec.kind == Kind::Onboot {
                         self.outputs.follow_log_dir(false);
                     }
-                    self.queue.push_back(Event::Exited(id, exit));
+                    match (self.running.remove(&id), &self.runtime) {
+                        (Some(handle), Ok(rt)) if rt.leftovers(&handle) => self.draining.push(Draining {
+                            id,
+                            handle,
+                            exit,
+                            since: now,
+                        }),
+                        (Some(handle), Ok(rt)) => {
+                            if let Err(e) = rt.delete(handle) {
+                                log::warn!("{e}");
+                            }
+                            self.queue.push_back(Event::Exited(id, exit));
+                        }
+                        _ => self.queue.push_back(Event::Exited(id, exit)),
+                    }
                 }
                 None => log::debug!("reaped orphan {pid} ({exit})"),
             }
         }
+    }
+
+    /// Delete the containers whose leftover processes are gone (or had their time), and
+    /// report their exits.
+    pub(super) fn drain(&mut self) {
+        let Ok(rt) = &self.runtime else { return };
+        let now = self.now();
+        let mut i = 0;
+        while i < self.draining.len() {
+            let busy = rt.leftovers(&self.draining[i].handle);
+            if busy && now.saturating_sub(self.draining[i].since) < DRAIN_LIMIT {
+                i += 1;
+                continue;
+            }
+            let d = self.draining.swap_remove(i);
+            if busy {
+                let b = &self.bundles[d.id];
+                log::error!(
+                    "{} {}: processes it left behind still alive {} after SIGKILL; deleting it anyway",
+                    b.spec.kind,
+                    b.spec.name,
+                    crate::duration::human(DRAIN_LIMIT)
+                );
+            }
+            if let Err(e) = rt.delete(d.handle) {
+                log::warn!("{e}");
+            }
+            self.queue.push_back(Event::Exited(d.id, d.exit));
+        }
+    }
+
+    /// When `drain` should look again.
+    pub(super) fn drain_deadline(&self) -> Option<Duration> {
+        (!self.draining.is_empty()).then(|| self.now() + DRAIN_POLL)
     }
 
     pub(super) fn read_initctl(&mut self, f: &mut fs::File) {
@@ -624,16 +682,16 @@ impl Driver {
         }
     }
 
+    /// A follower's next lines: those after `after`, about FOLLOW_BATCH bytes of text at
+    /// most, and the sequence number of the last one given (the rest come in later batches).
     pub(super) fn log_lines(&self, id: UnitId, after: u64) -> (Vec<LogLine>, u64) {
         if id == KEEL_LOG_ID {
-            return crate::logging::with_own(|r| (r.since(after).1.map(log_line).collect(), r.last_seq()));
+            return crate::logging::with_own(|r| follow_batch(r.since(after).1, r.last_seq()));
         }
-        let Some(ring) = self.ring(id) else {
-            return (Vec::new(), after);
-        };
-        let (_, entries) = ring.since(after);
-        let lines: Vec<LogLine> = entries.map(log_line).collect();
-        (lines, ring.last_seq())
+        match self.ring(id) {
+            Some(ring) => follow_batch(ring.since(after).1, ring.last_seq()),
+            None => (Vec::new(), after),
+        }
     }
 
     pub(super) fn answer(&mut self, req: Request) -> Answer {
@@ -705,6 +763,26 @@ impl Driver {
         self.queue.push_back(Event::Shutdown(kind));
         Answer::Reply(Response::Ok(Data::Done(format!("{kind} requested"))))
     }
+}
+
+/// Text per batch sent to a follower. A follower is sent its next batch only once it has
+/// taken the last one, so one that stops reading costs PID 1 no more than this.
+const FOLLOW_BATCH: usize = 16 * 1024;
+
+fn follow_batch<'a>(
+    entries: impl Iterator<Item = &'a crate::logging::capture::Entry>,
+    last_seq: u64,
+) -> (Vec<LogLine>, u64) {
+    let mut lines = Vec::new();
+    let mut bytes = 0;
+    for e in entries {
+        lines.push(log_line(e));
+        bytes += e.text.len();
+        if bytes >= FOLLOW_BATCH {
+            return (lines, e.seq);
+        }
+    }
+    (lines, last_seq)
 }
 
 fn log_line(e: &crate::logging::capture::Entry) -> LogLine {

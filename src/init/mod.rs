@@ -129,6 +129,9 @@ pub fn pid1(dev_cmdline: Option<String>) -> ! {
 /// system that says what is wrong beats a kernel panic.
 fn boot(root: &Path, dev_cmdline: Option<String>) -> Options {
     let dev = dev_cmdline.is_some();
+    if let Some(c) = &dev_cmdline {
+        crate::fault::set(c);
+    }
     if !dev {
         match system::leave_initramfs() {
             Ok(true) => log::debug!("initramfs root bind-mounted onto itself"),
@@ -190,13 +193,23 @@ fn boot(root: &Path, dev_cmdline: Option<String>) -> Options {
         Ok(c) => {
             log::debug!("cgroup controllers: {}", c.join(" "));
             let ours = cgroot.join(CGROUP_PARENT);
-            let _ = fs::create_dir_all(&ours);
-            if let Err(e) = system::enable_controllers(&ours) {
-                log::warn!("{e}");
-            }
-            match system::limit_containers(&ours) {
-                Ok((mem, pids)) => log::debug!("containers together: memory.max {mem}, pids.max {pids}"),
-                Err(e) => log::warn!("{e}; containers together are not limited"),
+            let made = match crate::fault::injected("cgroup", CGROUP_PARENT) {
+                true => Err(std::io::Error::from(crate::fault::ERRNO)),
+                false => fs::create_dir_all(&ours),
+            };
+            if let Err(e) = made {
+                log::error!(
+                    "cannot create cgroup {}: {e}; containers are not limited together",
+                    ours.display()
+                );
+            } else {
+                if let Err(e) = system::enable_controllers(&ours) {
+                    log::warn!("{e}");
+                }
+                match system::limit_containers(&ours) {
+                    Ok((mem, pids)) => log::debug!("containers together: memory.max {mem}, pids.max {pids}"),
+                    Err(e) => log::warn!("{e}; containers together are not limited"),
+                }
             }
         }
         Err(e) => log::error!("{e}; containers get no resource control"),
@@ -247,6 +260,9 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
         containers.display()
     );
 
+    if crate::fault::injected("loop", "signalfd") {
+        return Err(ev("signalfd")(crate::fault::ERRNO));
+    }
     let sfd = SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(ev("signalfd"))?;
     let tfd = TimerFd::new(
@@ -315,10 +331,16 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
         let ctl_due = control.as_mut().and_then(|c| c.expire(&epoll, now));
         let pet_due = watchdog::pet(now);
         let log_due = driver.syslog_deadline();
-        match [driver.machine.next_deadline(), ctl_due, pet_due, log_due]
-            .into_iter()
-            .flatten()
-            .min()
+        match [
+            driver.machine.next_deadline(),
+            ctl_due,
+            pet_due,
+            log_due,
+            driver.drain_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
         {
             Some(d) => {
                 let wait = d.saturating_sub(driver.now()).max(Duration::from_millis(1));
@@ -386,6 +408,7 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
                     _ => {}
                 }
             }
+            driver.drain();
             let first = driver.queue.pop_front();
             driver.pump(first);
             if let Some(c) = control.as_mut() {

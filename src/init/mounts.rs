@@ -128,6 +128,13 @@ pub fn apply(root: &Path, m: &Mount) -> Result<bool, MountError> {
     if is_mount_point(&path) {
         return Ok(false);
     }
+    if crate::fault::injected("mount", m.target) {
+        return Err(MountError::Mount {
+            fstype: m.fstype,
+            path,
+            errno: crate::fault::ERRNO,
+        });
+    }
     let data = (!m.data.is_empty()).then_some(m.data);
     let mut done = mount(Some(m.fstype), &path, Some(m.fstype), m.flags, data);
     if done == Err(nix::errno::Errno::EINVAL) {

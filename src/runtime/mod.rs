@@ -80,6 +80,9 @@ pub struct Handle {
     bundle: PathBuf,
 }
 
+/// Where the cgroup v2 hierarchy is mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 /// Where in a container the sd_notify socket directory is mounted.
 pub const NOTIFY_MOUNT: &str = "/run/keel-notify";
 
@@ -218,6 +221,30 @@ pub fn load_spec(bundle: &Path) -> Result<Spec> {
             spec.version()
         )));
     }
+    // Hooks run in the runtime's caller (PID 1) or hold it up while the container is made,
+    // and are waited for without a bound unless they set one: one hanging hook would stop
+    // the whole machine. keel's own bundles never have any.
+    if let Some(h) = spec.hooks() {
+        let kinds = [
+            ("prestart", h.prestart()),
+            ("createRuntime", h.create_runtime()),
+            ("createContainer", h.create_container()),
+            ("startContainer", h.start_container()),
+            ("poststart", h.poststart()),
+            ("poststop", h.poststop()),
+        ];
+        let used: Vec<&str> = kinds
+            .iter()
+            .filter(|(_, v)| v.as_ref().is_some_and(|v| !v.is_empty()))
+            .map(|(k, _)| *k)
+            .collect();
+        if !used.is_empty() {
+            return Err(bad(format!(
+                "hooks.{} not supported: hooks would run inside PID 1 (or hold it up) without a time limit",
+                used.join(", hooks.")
+            )));
+        }
+    }
     let root = spec.root().as_ref().ok_or_else(|| bad("no \"root\"".into()))?;
     let rootfs = bundle.join(root.path());
     if !rootfs.is_dir() {
@@ -341,7 +368,15 @@ impl Runtime {
     /// Create and start the container of `bundle`; returns once its process is running.
     pub fn run(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Handle> {
         let mut handle = self.create(id, bundle, stdio)?;
-        if let Err(e) = guarded(id, "start", || handle.container.start()) {
+        let started = match crate::fault::injected("start", id) {
+            true => Err(RuntimeError::Runtime {
+                id: id.into(),
+                step: "start",
+                msg: crate::fault::ERRNO.to_string(),
+            }),
+            false => guarded(id, "start", || handle.container.start()),
+        };
+        if let Err(e) = started {
             self.delete(handle).ok();
             return Err(e);
         }
@@ -350,6 +385,13 @@ impl Runtime {
 
     /// Create the container (status "created": its init waits for `start`).
     pub fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Handle> {
+        if crate::fault::injected("create", id) {
+            return Err(RuntimeError::Runtime {
+                id: id.into(),
+                step: "create",
+                msg: crate::fault::ERRNO.to_string(),
+            });
+        }
         // Checked here, not left to libcontainer: cleaning up after a failed create must
         // never touch a container that already existed under this id.
         if self.state_root.join(id).exists() {
@@ -582,9 +624,35 @@ impl Runtime {
         r
     }
 
-    /// Remove the container's state and cgroup. Call after its process was reaped.
+    /// Whether processes the container's init left behind still hold its cgroup (one that
+    /// shares the machine's PID namespace can leave children); if so they are sent SIGKILL.
+    /// Delete only once this is false: the runtime's own removal of a busy cgroup sleeps in
+    /// the caller, then gives up.
+    pub fn leftovers(&self, handle: &Handle) -> bool {
+        let Some(cg) = &handle.cgroup else {
+            return false;
+        };
+        let dir = Path::new(CGROUP_ROOT).join(cg.strip_prefix("/").unwrap_or(cg));
+        let populated = fs::read_to_string(dir.join("cgroup.events"))
+            .is_ok_and(|t| t.lines().any(|l| l == "populated 1"));
+        if populated && fs::write(dir.join("cgroup.kill"), "1").is_err() {
+            // Kernels before 5.14 have no cgroup.kill: one by one.
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.parse().ok()) {
+                let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        populated
+    }
+
+    /// Remove the container's state and cgroup. Call after its process was reaped. The
+    /// state directory goes even when the cgroup cannot: a leftover directory would refuse
+    /// every later container of this id.
     pub fn delete(&self, mut handle: Handle) -> Result<()> {
         let r = guarded(&handle.id, "delete", || handle.container.delete(true));
+        if r.is_err() {
+            let _ = fs::remove_dir_all(self.state_root.join(&handle.id));
+        }
         if let Some(p) = &handle.patched_bundle {
             let _ = fs::remove_dir_all(p);
         }
@@ -649,6 +717,16 @@ mod tests {
             r#"{"ociVersion":"2.0","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"]}}"#,
         );
         assert!(load_spec(&d).unwrap_err().to_string().contains("not supported"));
+        bundle(
+            &d,
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"],"env":["PATH=/bin"]},
+               "hooks":{"prestart":[{"path":"/bin/sleep","args":["sleep","1000"]}],"poststop":[{"path":"/bin/true"}],"poststart":[]}}"#,
+        );
+        let e = load_spec(&d).unwrap_err().to_string();
+        assert!(
+            e.contains("config.json") && e.contains("hooks.prestart, hooks.poststop not supported"),
+            "{e}"
+        );
         fs::remove_dir_all(&d).unwrap();
     }
 }
