@@ -459,6 +459,9 @@ files:
     vm.wait_for("Password:", STEP_LIMIT);
     vm.stdin.write_all(b"wrong\n").unwrap();
     vm.wait_for("Login incorrect", STEP_LIMIT);
+    // login flushes what was typed before its next prompt: type only once that is shown.
+    vm.wait_for_nth("login:", 2, STEP_LIMIT);
+    std::thread::sleep(Duration::from_millis(300));
     vm.stdin.write_all(b"root\n").unwrap();
     vm.wait_for_nth("Password:", 2, STEP_LIMIT);
     vm.stdin.write_all(b"keel-pw\n").unwrap();
