@@ -9,16 +9,8 @@ use std::process::Command;
 
 use common::*;
 
-fn busybox_rootfs(dir: &Path) {
-    fs::create_dir_all(dir.join("bin")).unwrap();
-    fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox-static");
-    for a in ["sh", "echo", "sleep", "cat"] {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(a)).unwrap();
-    }
-}
-
 fn manifest(dir: &Path, kernel: &Path) -> PathBuf {
-    busybox_rootfs(&dir.join("busybox"));
+    busybox_rootfs(&dir.join("busybox"), &["sh", "echo", "sleep", "cat"]);
     let m = format!(
         r#"
 kernel:

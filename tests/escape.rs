@@ -14,22 +14,6 @@ use std::process::Command;
 
 use common::*;
 
-fn env_path(var: &str) -> PathBuf {
-    let p = PathBuf::from(
-        std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set (scripts/test.sh sets it)")),
-    );
-    assert!(p.exists(), "{var}={} does not exist", p.display());
-    p
-}
-
-fn busybox_image(dir: &Path) {
-    fs::create_dir_all(dir.join("bin")).unwrap();
-    fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox-static");
-    for a in ["sh", "echo", "sleep", "cat", "grep"] {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(a)).unwrap();
-    }
-}
-
 fn manifest(dir: &Path, kernel: &Path) -> PathBuf {
     let esc = dir.join("escape");
     fs::create_dir_all(esc.join("bin")).unwrap();
@@ -42,7 +26,7 @@ fn manifest(dir: &Path, kernel: &Path) -> PathBuf {
     )
     .unwrap();
     let bb = dir.join("busybox");
-    busybox_image(&bb);
+    busybox_rootfs(&bb, &["sh", "echo", "sleep", "cat", "grep"]);
     fs::create_dir_all(bb.join("usr/bin")).unwrap();
     fs::copy(env_path("KEEL_BIN"), bb.join("usr/bin/keel")).unwrap();
     let m = format!(

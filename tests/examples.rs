@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -91,18 +91,7 @@ impl Vm {
             .spawn()
             .expect("start QEMU");
         let stdin = child.stdin.take().unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let console = Arc::new(Mutex::new(Vec::new()));
-        let sink = console.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        let (console, reader) = collect(child.stdout.take().unwrap());
         Vm {
             child,
             stdin,
@@ -124,22 +113,7 @@ impl Vm {
     }
 
     fn console(&self) -> String {
-        let raw = String::from_utf8_lossy(&self.console.lock().unwrap()).replace('\r', "");
-        // Colours and the shell's cursor queries.
-        let mut out = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\x1b' {
-                for d in chars.by_ref() {
-                    if d.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        clean_console(&self.console.lock().unwrap())
     }
 
     /// Wait until `pat` is on the console; panics with the console after `limit`.

@@ -41,43 +41,9 @@ fn pick<T>(quick: T, long: T) -> T {
     }
 }
 
-fn env_path(var: &str) -> PathBuf {
-    match std::env::var_os(var) {
-        Some(p) if Path::new(&p).exists() => PathBuf::from(p),
-        Some(p) => panic!("{var}={} does not exist", Path::new(&p).display()),
-        None => panic!("{var} is not set (scripts/env.sh sets it up; scripts/faults.sh runs this suite)"),
-    }
-}
-
 fn build_image(src: &str, keel: &Path) -> PathBuf {
     let out = scratch("faults-image").join("initrd.img");
-    let st = Command::new(repo().join("scripts/build-image.sh"))
-        .arg(repo().join(src))
-        .arg(&out)
-        .arg(keel)
-        .stderr(Stdio::null())
-        .status()
-        .expect("run scripts/build-image.sh");
-    assert!(st.success(), "build-image.sh failed for {src}");
-    out
-}
-
-/// Serial console output with the colours, carriage returns and NULs taken out.
-fn clean(raw: &[u8]) -> String {
-    let raw = String::from_utf8_lossy(raw).replace(['\r', '\0'], "");
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
+    build_image_with(src, &out, keel);
     out
 }
 
@@ -101,18 +67,7 @@ impl Vm {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run scripts/run-qemu.sh");
-        let mut out = child.stdout.take().unwrap();
-        let console = Arc::new(Mutex::new(Vec::new()));
-        let sink = console.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        let (console, reader) = collect(child.stdout.take().unwrap());
         Vm {
             child,
             console,
@@ -122,7 +77,7 @@ impl Vm {
     }
 
     fn console(&self) -> String {
-        clean(&self.console.lock().unwrap())
+        clean_console(&self.console.lock().unwrap())
     }
 
     fn exited(&mut self) -> bool {
@@ -285,10 +240,6 @@ fn boot(name: &str, image: &str, keel: &Path, cmdline: &str, limit: Duration) ->
     let mut vm = Vm::start(&env_path("KEEL_KERNEL"), &initrd, cmdline, "");
     let exited = vm.wait(limit);
     vm.finish(name, exited)
-}
-
-fn keel_bin() -> PathBuf {
-    env_path("KEEL_BIN")
 }
 
 /// Cases 1, 2 and 5 in one boot: the orphan storm with exit statuses of services that keep

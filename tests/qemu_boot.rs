@@ -10,55 +10,16 @@ mod common;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
 
-fn env_path(var: &str, hint: &str) -> PathBuf {
-    match std::env::var_os(var) {
-        Some(p) if Path::new(&p).exists() => PathBuf::from(p),
-        Some(p) => panic!("{var}={} does not exist", Path::new(&p).display()),
-        None => panic!("{var} is not set: {hint} (scripts/test.sh sets it up)"),
-    }
-}
-
-fn keel_bin() -> PathBuf {
-    env_path(
-        "KEEL_BIN",
-        "build with cargo build --release --target x86_64-unknown-linux-musl",
-    )
-}
-
 fn build_image(src: &str) -> PathBuf {
     let out = scratch("image").join("initrd.img");
-    let st = Command::new(repo().join("scripts/build-image.sh"))
-        .arg(repo().join(src))
-        .arg(&out)
-        .arg(keel_bin())
-        .status()
-        .expect("run scripts/build-image.sh");
-    assert!(st.success(), "build-image.sh failed for {src}");
-    out
-}
-
-/// The serial console is a terminal, so keel colours its status tags: drop the colours.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
+    build_image_with(src, &out, &keel_bin());
     out
 }
 
@@ -94,18 +55,7 @@ fn boot_until(
         .stderr(Stdio::piped())
         .spawn()
         .expect("run scripts/run-qemu.sh");
-    let mut out = child.stdout.take().unwrap();
-    let console = Arc::new(Mutex::new(Vec::new()));
-    let sink = console.clone();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
+    let (console, reader) = collect(child.stdout.take().unwrap());
     let start = Instant::now();
     let seen = |pat: &str| String::from_utf8_lossy(&console.lock().unwrap()).contains(pat);
     let exited = loop {
@@ -131,7 +81,7 @@ fn boot_until(
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    let console = strip_ansi(&String::from_utf8_lossy(&console.lock().unwrap()).replace('\r', "")) + &err;
+    let console = clean_console(&console.lock().unwrap()) + &err;
     (Boot { console, exited }, held)
 }
 
@@ -219,29 +169,19 @@ fn full_boot(kernel: &Path, what: &str) {
 
 #[test]
 fn boots_on_the_keel_kernel() {
-    full_boot(
-        &env_path("KEEL_KERNEL", "run scripts/build-kernel.sh"),
-        "boot on the keel kernel",
-    );
+    full_boot(&env_path("KEEL_KERNEL"), "boot on the keel kernel");
 }
 
 #[test]
 fn boots_on_the_debian_stock_kernel() {
-    full_boot(
-        &env_path("KEEL_STOCK_KERNEL", "install linux-image-amd64"),
-        "boot on Debian's stock kernel",
-    );
+    full_boot(&env_path("KEEL_STOCK_KERNEL"), "boot on Debian's stock kernel");
 }
 
 #[test]
 fn onboot_failure_policy_poweroff_stops_the_boot() {
     require_root();
     let initrd = build_image("tests/images/boot");
-    let b = boot(
-        &env_path("KEEL_KERNEL", "run scripts/build-kernel.sh"),
-        &initrd,
-        "keel.onboot_failure=poweroff",
-    );
+    let b = boot(&env_path("KEEL_KERNEL"), &initrd, "keel.onboot_failure=poweroff");
     assert_in_order(
         &b,
         "keel.onboot_failure=poweroff",
@@ -261,7 +201,7 @@ fn onboot_failure_policy_poweroff_stops_the_boot() {
 #[test]
 fn signals_to_pid1_follow_busybox_conventions() {
     require_root();
-    let kernel = env_path("KEEL_KERNEL", "run scripts/build-kernel.sh");
+    let kernel = env_path("KEEL_KERNEL");
     let initrd = build_image("tests/images/boot");
     let b = boot(&kernel, &initrd, "keel_test.shutdown=sigint");
     assert_in_order(
@@ -304,11 +244,7 @@ fn signals_to_pid1_follow_busybox_conventions() {
 fn services_are_supervised_restarted_and_ordered() {
     require_root();
     let initrd = build_image("tests/images/supervise");
-    let b = boot(
-        &env_path("KEEL_KERNEL", "run scripts/build-kernel.sh"),
-        &initrd,
-        "",
-    );
+    let b = boot(&env_path("KEEL_KERNEL"), &initrd, "");
     let order = |what: &str, lines: &[&str]| assert_in_order(&b, what, lines, NEVER);
     order(
         "crash loop: growing delays, then the start limit",
@@ -438,11 +374,7 @@ fn watcher_value(console: &str, key: &str) -> Option<u64> {
 fn output_is_captured_rotated_and_bounded_and_oom_kills_are_recorded() {
     require_root();
     let initrd = build_image("tests/images/logs");
-    let mut b = boot(
-        &env_path("KEEL_KERNEL", "run scripts/build-kernel.sh"),
-        &initrd,
-        "",
-    );
+    let mut b = boot(&env_path("KEEL_KERNEL"), &initrd, "");
     b.console = b.console.replace('\0', "");
     assert_in_order(
         &b,
@@ -506,7 +438,7 @@ fn output_is_captured_rotated_and_bounded_and_oom_kills_are_recorded() {
 #[test]
 fn the_watchdog_is_petted_and_a_halted_machine_stays_halted() {
     require_root();
-    let kernel = env_path("KEEL_KERNEL", "run scripts/build-kernel.sh");
+    let kernel = env_path("KEEL_KERNEL");
     let initrd = build_image("tests/images/boot");
     // If the watchdog fires, QEMU powers the VM off: without petting the boot ends early
     // (verified by disabling the keepalive). After the halt the VM must stay halted; keel
@@ -546,7 +478,7 @@ fn the_watchdog_is_petted_and_a_halted_machine_stays_halted() {
 #[test]
 fn logs_reach_the_persistent_disk_and_syslog_and_the_watchdog_restarts_a_silent_service() {
     require_root();
-    let kernel = env_path("KEEL_KERNEL", "run scripts/build-kernel.sh");
+    let kernel = env_path("KEEL_KERNEL");
     let initrd = build_image("tests/images/persist");
     let dir = scratch("persist");
     // The disk: ext4 made on the host, with a log line from an earlier boot already there.

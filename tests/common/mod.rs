@@ -2,8 +2,11 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -29,17 +32,85 @@ pub fn require_root() {
     );
 }
 
+/// A path the environment names (scripts/env.sh sets these up), which must exist.
+pub fn env_path(var: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(p) if Path::new(&p).exists() => PathBuf::from(p),
+        Some(p) => panic!("{var}={} does not exist", Path::new(&p).display()),
+        None => panic!("{var} is not set (scripts/env.sh sets it up; scripts/test.sh runs it)"),
+    }
+}
+
+/// The static keel that boots as PID 1 in the QEMU tests.
+pub fn keel_bin() -> PathBuf {
+    env_path("KEEL_BIN")
+}
+
+/// `src` (a tests/images directory) built into an initrd at `out` with `keel` as /init.
+pub fn build_image_with(src: &str, out: &Path, keel: &Path) {
+    let st = std::process::Command::new(repo().join("scripts/build-image.sh"))
+        .arg(repo().join(src))
+        .arg(out)
+        .arg(keel)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run scripts/build-image.sh");
+    assert!(st.success(), "build-image.sh failed for {src}");
+}
+
+/// The static busybox in `dir`/bin with `applets` linked to it: a rootfs or a plain-directory
+/// image.
+pub fn busybox_rootfs(dir: &Path, applets: &[&str]) {
+    fs::create_dir_all(dir.join("bin")).unwrap();
+    let busybox = std::env::var("BUSYBOX").unwrap_or_else(|_| "/bin/busybox".into());
+    fs::copy(&busybox, dir.join("bin/busybox"))
+        .unwrap_or_else(|e| panic!("copy {busybox}: {e} (install busybox-static)"));
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+}
+
+/// Serial console output as text: carriage returns, NULs and terminal escapes (keel's
+/// colours, a shell's cursor queries) taken out.
+pub fn clean_console(raw: &[u8]) -> String {
+    let raw = String::from_utf8_lossy(raw).replace(['\r', '\0'], "");
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Collect what `out` (a VM's serial console) writes, as it comes, until it closes.
+pub fn collect(mut out: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let sink = console.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    (console, reader)
+}
+
 /// A bundle with a static busybox rootfs running `script` with /bin/sh, from the template
 /// the image script uses.
 pub fn busybox_bundle(dir: &Path, script: &str) -> PathBuf {
     let rootfs = dir.join("rootfs");
-    fs::create_dir_all(rootfs.join("bin")).unwrap();
-    let busybox = std::env::var("BUSYBOX").unwrap_or_else(|_| "/bin/busybox".into());
-    fs::copy(&busybox, rootfs.join("bin/busybox"))
-        .unwrap_or_else(|e| panic!("copy {busybox}: {e} (install busybox-static)"));
-    for applet in ["sh", "sleep", "echo", "kill", "cat"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
+    busybox_rootfs(&rootfs, &["sh", "sleep", "echo", "kill", "cat"]);
     fs::write(rootfs.join("entry"), script).unwrap();
     fs::copy(
         repo().join("scripts/busybox-bundle.json"),
@@ -62,14 +133,7 @@ pub fn edit_config(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 pub fn unpacked_image(src: &str, keel: &str) -> PathBuf {
     let d = scratch("image");
     let img = d.join("initrd.img");
-    let st = std::process::Command::new(repo().join("scripts/build-image.sh"))
-        .arg(repo().join(src))
-        .arg(&img)
-        .arg(keel)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "build-image.sh {src}");
+    build_image_with(src, &img, Path::new(keel));
     let root = d.join("root");
     fs::create_dir_all(&root).unwrap();
     let st = std::process::Command::new("sh")
