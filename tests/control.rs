@@ -154,6 +154,21 @@ fn abuse_of_the_control_socket_never_hurts_pid1() {
     assert_eq!(n, 0, "a never-finished request must end in a closed connection");
     served(&p);
 
+    // A client that sends its request and shuts its end still gets the answer.
+    let mut s = connect(&p);
+    s.write_all(b"{\"cmd\":\"list\"}\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("{\"ok\":true"), "half-closed client: {all:?}");
+
+    // Clients that hang up at once, more than the limit: their slots are free again for
+    // the next caller, even before PID 1 has seen their hang-ups.
+    for _ in 0..200 {
+        drop(connect(&p));
+    }
+    served(&p);
+
     let r = ask(&p, b"{\"cmd\":\"poweroff\"}\n");
     assert!(r.contains("poweroff requested"), "{r}");
 }

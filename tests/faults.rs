@@ -323,7 +323,7 @@ fn orphans_crash_loops_and_signals_leave_pid1_as_it_was() {
         });
         // Private memory is what a leak grows; the rest of RSS is the binary's own pages.
         let grew = stopped["anon"] - warm["anon"];
-        run.check(grew <= pick(64, 32), || {
+        run.check(grew <= pick(64, 48), || {
             format!(
                 "{unit}: PID 1's private memory grew {grew} kB over the crash loop: {warm:?} -> {stopped:?}"
             )
@@ -913,6 +913,110 @@ fn keel_build_refuses_or_contains_layers_that_try_to_escape() {
         assert!(
             list.lines().any(|l| l == inside),
             "{inside} is not in the initrd:\n{list}"
+        );
+    }
+}
+
+/// Case 6 on a machine: a client that may use the control socket (it binds it and holds
+/// CAP_SYS_BOOT) sends malformed, truncated, oversized, noisy, never-finished and unread
+/// requests, crowds and churns connections (tests/escape/src/abuse.rs), and checks between
+/// each that a well-behaved request is answered; a heartbeat service must not miss a beat.
+#[test]
+fn control_socket_abuse_leaves_pid1_serving() {
+    require_root();
+    let d = scratch("faults-ctl");
+    let esc = d.join("escape");
+    std::fs::create_dir_all(esc.join("bin")).unwrap();
+    std::fs::copy(env_path("KEEL_ESCAPE_BIN"), esc.join("bin/escape")).unwrap();
+    busybox_rootfs(&d.join("busybox"), &["sh", "echo", "sleep", "date"]);
+    let m = d.join("keel.yml");
+    std::fs::write(
+        &m,
+        format!(
+            r#"
+kernel:
+  image: {kernel}
+  cmdline: "console=ttyS0"
+services:
+  - name: bystander
+    image: ./busybox
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; i=0; while :; do i=$((i+1)); echo beat $i; sleep 1 & wait $!; done"]
+  - name: abuser
+    image: ./escape
+    depends_on: [bystander]
+    capabilities: [CAP_SYS_BOOT]
+    binds: ["/run/keel/ctl.sock:/run/keel/ctl.sock"]
+    restart: never
+    command: [/bin/escape, ctl-abuse]
+"#,
+            kernel = env_path("KEEL_KERNEL").display()
+        ),
+    )
+    .unwrap();
+    let out = d.join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("build")
+        .arg(&m)
+        .arg("-o")
+        .arg(&out)
+        .arg("--keel")
+        .arg(keel_bin())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "keel build: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let cmdline = std::fs::read_to_string(out.join("cmdline")).unwrap();
+    let mut vm = Vm::start(&out.join("kernel"), &out.join("initrd.img"), cmdline.trim(), "");
+    let exited = vm.wait(Duration::from_secs(600));
+    let run = vm.finish("ctl-abuse", exited);
+    let cases = [
+        "malformed",
+        "truncated",
+        "oversized",
+        "garbage",
+        "crowd",
+        "churn",
+        "unread",
+        "slow",
+    ];
+    let pass: Vec<String> = cases.iter().map(|c| format!("ABUSE {c} PASS")).collect();
+    let mut expected: Vec<&str> = vec!["ABUSE-BEGIN served"];
+    expected.extend(pass.iter().map(String::as_str));
+    expected.extend([
+        "ABUSE-END 8 passed 0 failed",
+        "keel: poweroff requested through /run/keel/ctl.sock",
+        "keel: poweroff now",
+        "reboot: Power down",
+    ]);
+    run.expect(
+        "control socket abuse",
+        &expected,
+        &["ABUSE-FAIL", " FAIL ", "service bystander exited", "not served"],
+    );
+    run.check(run.console.contains("ABUSE poweroff {\"ok\":true"), || {
+        "the last request, a poweroff, was not answered".into()
+    });
+    // The heartbeat went on through it all: no second without its line.
+    let beats: Vec<u64> = run
+        .console
+        .lines()
+        .filter_map(|l| {
+            l.split_once("bystander | beat ")
+                .and_then(|(_, n)| n.trim().parse().ok())
+        })
+        .collect();
+    run.check(
+        !beats.is_empty() && beats.windows(2).all(|w| w[1] == w[0] + 1),
+        || format!("the bystander's heartbeat has gaps: {beats:?}"),
+    );
+    for c in cases {
+        eprintln!(
+            "faults: control socket: {}",
+            run.judge_line(&format!("ABUSE {c} "))
         );
     }
 }

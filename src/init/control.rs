@@ -36,7 +36,10 @@ struct Client {
     follow: Option<(usize, u64)>,
     /// When the partial request now buffered started.
     partial_since: Option<Duration>,
-    writable_watch: bool,
+    /// The client has sent all it will (EOF): it only waits for its answers now.
+    eof: bool,
+    /// The epoll interest set now registered.
+    watching: EpollFlags,
 }
 
 pub struct Control {
@@ -95,7 +98,9 @@ impl Control {
         })
     }
 
-    pub fn accept(&mut self, epoll: &Epoll) {
+    /// New clients; `answer` serves the requests of those already here when all slots are
+    /// taken (see free_slot).
+    pub fn accept(&mut self, epoll: &Epoll, now: Duration, answer: &mut dyn FnMut(Request) -> Answer) {
         loop {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
@@ -118,16 +123,9 @@ impl Control {
                     continue;
                 }
             }
-            let slot = match self.clients.iter().position(Option::is_none) {
-                Some(i) => i,
-                None if self.clients.len() < MAX_CLIENTS => {
-                    self.clients.push(None);
-                    self.clients.len() - 1
-                }
-                None => {
-                    refuse(stream, "too many control clients; try again");
-                    continue;
-                }
+            let Some(slot) = self.free_slot(epoll, now, answer) else {
+                refuse(stream, "too many control clients; try again");
+                continue;
             };
             if stream.set_nonblocking(true).is_err()
                 || epoll
@@ -145,9 +143,31 @@ impl Control {
                 out: Vec::new(),
                 follow: None,
                 partial_since: None,
-                writable_watch: false,
+                eof: false,
+                watching: EpollFlags::EPOLLIN,
             });
         }
+    }
+
+    /// A free client slot. When all are taken, every client is serviced first: the
+    /// hang-ups of some may still wait behind the listener's event.
+    fn free_slot(
+        &mut self,
+        epoll: &Epoll,
+        now: Duration,
+        answer: &mut dyn FnMut(Request) -> Answer,
+    ) -> Option<usize> {
+        if let Some(i) = self.clients.iter().position(Option::is_none) {
+            return Some(i);
+        }
+        if self.clients.len() < MAX_CLIENTS {
+            self.clients.push(None);
+            return Some(self.clients.len() - 1);
+        }
+        for slot in 0..self.clients.len() {
+            self.service(epoll, slot, now, answer);
+        }
+        self.clients.iter().position(Option::is_none)
     }
 
     /// A client's socket is readable or writable: read its requests (answered through
@@ -165,7 +185,10 @@ impl Control {
         let mut buf = [0u8; 4096];
         let mut total = 0;
         let mut closed = false;
-        while total < READ_BUDGET {
+        let mut overrun = false;
+        // Stop reading once the answers pile up: their size, not the requests', is what a
+        // client that asks without reading could make PID 1 hold.
+        while total < READ_BUDGET && !c.eof && c.out.len() <= MAX_PENDING {
             match c.stream.read(&mut buf) {
                 Ok(0) => {
                     closed = true;
@@ -174,6 +197,10 @@ impl Control {
                 Ok(n) => {
                     total += n;
                     for r in c.reader.feed(&buf[..n]) {
+                        if c.out.len() > MAX_PENDING {
+                            overrun = true;
+                            break;
+                        }
                         let resp = match r {
                             Ok(req) => match answer(req) {
                                 Answer::Reply(resp) => resp,
@@ -200,11 +227,14 @@ impl Control {
             (_, Some(t)) => Some(t),
             (_, None) => Some(now),
         };
-        if closed {
+        if overrun {
+            log::debug!("control client {slot} asks faster than it reads; dropped");
             self.drop_client(epoll, slot);
-        } else {
-            self.flush(epoll, slot);
+            return;
         }
+        // A client that sent its requests and shut its end still gets the answers.
+        c.eof |= closed;
+        self.flush(epoll, slot);
     }
 
     /// Send pending bytes; drop a client that lets too much pile up.
@@ -231,16 +261,23 @@ impl Control {
             self.drop_client(epoll, slot);
             return;
         }
-        let want = !c.out.is_empty();
-        if want != c.writable_watch {
-            let flags = if want {
-                EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT
-            } else {
-                EpollFlags::EPOLLIN
-            };
-            let mut ev = EpollEvent::new(flags, TOKEN_CLIENT + slot as u64);
+        if c.eof && c.out.is_empty() {
+            self.drop_client(epoll, slot);
+            return;
+        }
+        // At EOF a socket is always readable: watch it for writing only.
+        let mut want = if c.eof {
+            EpollFlags::empty()
+        } else {
+            EpollFlags::EPOLLIN
+        };
+        if !c.out.is_empty() {
+            want |= EpollFlags::EPOLLOUT;
+        }
+        if want != c.watching {
+            let mut ev = EpollEvent::new(want, TOKEN_CLIENT + slot as u64);
             let _ = epoll.modify(c.stream.as_fd(), &mut ev);
-            c.writable_watch = want;
+            c.watching = want;
         }
     }
 

@@ -392,7 +392,8 @@ fn run(opts: Options, containers: &Path) -> Result<std::convert::Infallible, Ini
                     crate::logging::syslog::TOKEN => driver.syslog_ready(),
                     control::TOKEN_LISTEN => {
                         if let Some(c) = control.as_mut() {
-                            c.accept(&epoll);
+                            let now = driver.now();
+                            c.accept(&epoll, now, &mut |r| driver.answer(r));
                         }
                     }
                     t if t >= control::TOKEN_CLIENT => {

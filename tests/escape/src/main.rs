@@ -8,6 +8,9 @@
 //!
 //! Usage: keel-escape LABEL [--exhaust]   (`--exhaust` adds the pids and memory attempts)
 //!        keel-escape --ids               (print "euid capeff": used through a setuid copy)
+//!        keel-escape ctl-abuse [SOCKET]  (abuse the control socket: see abuse.rs)
+
+mod abuse;
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -791,6 +794,10 @@ fn isolated(f: &dyn Fn() -> Outcome) -> Outcome {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("ctl-abuse") {
+        abuse::main(args.get(1).map(String::as_str));
+        return;
+    }
     if args.first().map(String::as_str) == Some("--ids") {
         println!("{} {:x}", unsafe { libc::geteuid() }, cap_eff());
         return;
