@@ -1015,7 +1015,7 @@ services:
     );
     for c in cases {
         eprintln!(
-            "faults: control socket: {}",
+            "faults: control socket: {c} {}",
             run.judge_line(&format!("ABUSE {c} "))
         );
     }
