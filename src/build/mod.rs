@@ -643,8 +643,17 @@ fn unpack_into(
                 container: what.into(),
                 image: r.reference.clone(),
                 source: Box::new(source),
-            })?;
-            Ok(())
+            })
+            .map(|stats| {
+                if let Some((entry, names)) = &stats.first_xattr {
+                    p.say(&format!(
+                        "warning: {what}: image {}: extended attributes of {} entries are not kept \
+                         (an initrd cannot carry them), {entry}: {names}; grant file capabilities \
+                         to the container instead",
+                        r.reference, stats.xattr_entries
+                    ));
+                }
+            })
         }
     }
 }

@@ -238,13 +238,17 @@ pub struct Resolved {
 }
 
 /// Totals for progress output.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnpackStats {
     pub layers: usize,
     /// Archive entries processed, whiteouts included.
     pub entries: u64,
     /// Regular-file content written.
     pub bytes: u64,
+    /// Entries whose extended attributes were not kept (a newc initrd cannot carry them),
+    /// and the first of them with its attribute names.
+    pub xattr_entries: u64,
+    pub first_xattr: Option<(String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -673,6 +677,31 @@ fn ctx(what: &'static str) -> impl FnOnce(io::Error) -> String {
 }
 
 impl Applier<'_> {
+    /// Extended attributes (file capabilities, SELinux labels) come as pax records; the
+    /// initrd keel writes has no place for them, so they are counted for a warning rather
+    /// than dropped unsaid.
+    fn note_xattrs<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) {
+        let Ok(Some(exts)) = entry.pax_extensions() else {
+            return;
+        };
+        let names: Vec<String> = exts
+            .filter_map(|e| e.ok()?.key().ok().map(str::to_owned))
+            .filter_map(|k| {
+                k.strip_prefix("SCHILY.xattr.")
+                    .or_else(|| k.strip_prefix("LIBARCHIVE.xattr."))
+                    .map(str::to_owned)
+            })
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        self.stats.xattr_entries += 1;
+        if self.stats.first_xattr.is_none() {
+            let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            self.stats.first_xattr = Some((path, names.join(", ")));
+        }
+    }
+
     fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), String> {
         use tar::EntryType as T;
         let hdr = entry.header();
@@ -684,6 +713,8 @@ impl Applier<'_> {
             return Ok(());
         }
         self.stats.entries += 1;
+        self.note_xattrs(entry);
+        let hdr = entry.header();
         let mode = hdr.mode().map_err(ctx("mode"))? & 0o7777;
         let id = |v: io::Result<u64>| -> Result<u32, String> {
             let v = v.map_err(ctx("owner"))?;
@@ -1176,6 +1207,11 @@ mod tests {
             self.0.append(&h, io::empty()).unwrap();
         }
 
+        fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Tar {
+            self.0.append_pax_extensions(records.iter().copied()).unwrap();
+            self
+        }
+
         fn bytes(&mut self) -> Vec<u8> {
             let b = std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()));
             b.into_inner().unwrap()
@@ -1200,6 +1236,31 @@ mod tests {
 
     fn read(p: impl AsRef<Path>) -> String {
         fs::read_to_string(p).unwrap()
+    }
+
+    #[test]
+    fn extended_attributes_are_counted_not_dropped_unsaid() {
+        require_root();
+        let d = Scratch::new("xattrs");
+        let layer = Tar::new()
+            .dir("bin")
+            .pax(&[("SCHILY.xattr.security.capability", b"\x01\x00\x00\x02")])
+            .file("bin/ping", b"ping")
+            .pax(&[
+                ("SCHILY.xattr.user.a", b"1"),
+                ("LIBARCHIVE.xattr.user.b", b"Mg=="),
+            ])
+            .file("bin/other", b"x")
+            .file("bin/plain", b"y")
+            .bytes();
+        let (stats, rootfs) = unpack_layers(&d.0, &[(TAR, layer)]);
+        let stats = stats.unwrap();
+        assert_eq!(stats.xattr_entries, 2);
+        assert_eq!(
+            stats.first_xattr,
+            Some(("bin/ping".into(), "security.capability".into()))
+        );
+        assert_eq!(read(rootfs.join("bin/ping")), "ping");
     }
 
     #[test]
