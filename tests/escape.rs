@@ -138,21 +138,7 @@ fn suite(kernel_var: &str) {
     let kernel = env_path(kernel_var);
     let d = scratch("escape");
     let m = manifest(&d, &kernel);
-    let out = d.join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("build")
-        .arg(&m)
-        .arg("-o")
-        .arg(&out)
-        .arg("--keel")
-        .arg(env_path("KEEL_BIN"))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "keel build: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = keel_build_ok(&m, &d.join("out"), &[]);
     let qemu = Command::new("timeout")
         .arg("900")
         .arg(repo().join("scripts/run-qemu.sh"))

@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -47,26 +48,9 @@ fn build(name: &str, manifest: &str, extra: &[&str]) -> PathBuf {
     let d = scratch(name);
     let m = d.join("keel.yml");
     std::fs::write(&m, manifest).unwrap();
-    let out = d.join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("build")
-        .arg(&m)
-        .arg("-o")
-        .arg(&out)
-        .arg("--store")
-        .arg(store())
-        .arg("--keel")
-        .arg(env("KEEL_BIN"))
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "keel build {name}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
+    let mut args = vec![OsStr::new("--store"), store().as_os_str()];
+    args.extend(extra.iter().map(OsStr::new));
+    keel_build_ok(&m, &d.join("out"), &args)
 }
 
 fn example(name: &str) -> String {

@@ -953,22 +953,7 @@ services:
         ),
     )
     .unwrap();
-    let out = d.join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("build")
-        .arg(&m)
-        .arg("-o")
-        .arg(&out)
-        .arg("--keel")
-        .arg(keel_bin())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "keel build: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = keel_build_ok(&m, &d.join("out"), &[]);
     let cmdline = std::fs::read_to_string(out.join("cmdline")).unwrap();
     let mut vm = Vm::start(&out.join("kernel"), &out.join("initrd.img"), cmdline.trim(), "");
     let exited = vm.wait(Duration::from_secs(600));

@@ -58,6 +58,28 @@ pub fn build_image_with(src: &str, out: &Path, keel: &Path) {
     assert!(st.success(), "build-image.sh failed for {src}");
 }
 
+/// `keel build MANIFEST -o OUT --keel $KEEL_BIN EXTRA...`, which must succeed; returns OUT.
+pub fn keel_build_ok(manifest: &Path, out: &Path, extra: &[&std::ffi::OsStr]) -> PathBuf {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("build")
+        .arg(manifest)
+        .arg("-o")
+        .arg(out)
+        .arg("--keel")
+        .arg(keel_bin())
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run keel build");
+    assert!(
+        o.status.success(),
+        "keel build {}: {}",
+        manifest.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out.to_path_buf()
+}
+
 /// The static busybox in `dir`/bin with `applets` linked to it: a rootfs or a plain-directory
 /// image.
 pub fn busybox_rootfs(dir: &Path, applets: &[&str]) {
