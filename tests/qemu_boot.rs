@@ -126,6 +126,7 @@ const NEVER: &[&str] = &[
     "Attempted to kill init",
     "keel: internal error",
     "KEEL-CHECK: FAIL",
+    "TIMEOUT waiting for",
 ];
 
 fn full_boot(kernel: &Path, what: &str) {
