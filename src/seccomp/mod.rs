@@ -12,16 +12,14 @@
 //! Only the native x86_64 ABI is filtered; system calls made through another ABI (i386,
 //! x32 numbers) never match a rule: i386 kills the process, x32 gets the default action.
 
+mod bpf;
 mod default;
 mod x86_64;
 
 use std::collections::BTreeMap;
 
+pub use bpf::BpfProgram;
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator};
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
-};
 
 pub use default::profile as default_profile;
 
@@ -199,7 +197,6 @@ impl Profile {
     /// Compile into BPF programs. Names this kernel table does not know are skipped, as
     /// OCI runtimes do, so one profile can serve several kernels.
     pub fn compile(&self, flags: libc::c_ulong) -> Result<Filter> {
-        let err = |e: seccompiler::BackendError| SeccompError::Compile(e.to_string());
         // For each action, each system call's alternative condition sets (empty: always).
         let mut by_action: BTreeMap<Action, BTreeMap<i64, Vec<Vec<Cond>>>> = BTreeMap::new();
         for r in &self.rules {
@@ -215,24 +212,6 @@ impl Profile {
                     .push(r.conds.clone());
             }
         }
-        let to_rules = |alts: &[Vec<Cond>]| -> Result<Vec<SeccompRule>> {
-            // An unconditional alternative makes the others moot.
-            if alts.iter().any(Vec::is_empty) {
-                return Ok(Vec::new());
-            }
-            alts.iter()
-                .map(|conds| {
-                    let c: Vec<SeccompCondition> = conds
-                        .iter()
-                        .map(|c| {
-                            SeccompCondition::new(c.index, SeccompCmpArgLen::Qword, op(c), c.value_or_two())
-                        })
-                        .collect::<std::result::Result<_, _>>()
-                        .map_err(err)?;
-                    SeccompRule::new(c).map_err(err)
-                })
-                .collect()
-        };
         // The first program: whatever some rule names passes (under its conditions), the
         // rest gets the default action.
         let mut main: BTreeMap<i64, Vec<Vec<Cond>>> = BTreeMap::new();
@@ -242,60 +221,22 @@ impl Profile {
             }
         }
         let mut programs = Vec::new();
-        let build = |rules: &BTreeMap<i64, Vec<Vec<Cond>>>,
-                     mismatch: Action,
-                     matched: Action|
-         -> Result<BpfProgram> {
-            let mut map = BTreeMap::new();
-            for (nr, alts) in rules {
-                map.insert(*nr, to_rules(alts)?);
-            }
-            let f = SeccompFilter::new(map, sa(mismatch), sa(matched), TargetArch::x86_64).map_err(err)?;
-            BpfProgram::try_from(f).map_err(err)
-        };
         if self.default != Action::Allow {
-            programs.push(build(&main, self.default, Action::Allow)?);
+            programs.push(bpf::program(&main, self.default, Action::Allow));
         }
         for (act, calls) in &by_action {
             if *act != Action::Allow {
-                programs.push(build(calls, Action::Allow, *act)?);
+                programs.push(bpf::program(calls, Action::Allow, *act));
             }
         }
-        Ok(Filter { programs, flags })
-    }
-}
-
-impl Cond {
-    /// seccompiler's masked comparison carries the mask in the operator.
-    fn value_or_two(&self) -> u64 {
-        match self.op {
-            Op::MaskedEq => self.value_two,
-            _ => self.value,
+        if let Some(p) = programs.iter().find(|p| p.len() > bpf::MAX_LEN) {
+            return Err(SeccompError::Compile(format!(
+                "a program of {} instructions is over the kernel's limit of {}",
+                p.len(),
+                bpf::MAX_LEN
+            )));
         }
-    }
-}
-
-fn op(c: &Cond) -> SeccompCmpOp {
-    match c.op {
-        Op::Ne => SeccompCmpOp::Ne,
-        Op::Lt => SeccompCmpOp::Lt,
-        Op::Le => SeccompCmpOp::Le,
-        Op::Eq => SeccompCmpOp::Eq,
-        Op::Ge => SeccompCmpOp::Ge,
-        Op::Gt => SeccompCmpOp::Gt,
-        Op::MaskedEq => SeccompCmpOp::MaskedEq(c.value),
-    }
-}
-
-fn sa(a: Action) -> SeccompAction {
-    match a {
-        Action::Allow => SeccompAction::Allow,
-        Action::Errno(e) => SeccompAction::Errno(e),
-        Action::KillThread => SeccompAction::KillThread,
-        Action::KillProcess => SeccompAction::KillProcess,
-        Action::Trap => SeccompAction::Trap,
-        Action::Log => SeccompAction::Log,
-        Action::Trace(v) => SeccompAction::Trace(v),
+        Ok(Filter { programs, flags })
     }
 }
 

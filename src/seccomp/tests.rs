@@ -9,6 +9,11 @@ const RET_KILL_PROCESS: u32 = 0x8000_0000;
 /// A classic-BPF interpreter for the instructions seccomp filters use, run on a
 /// `struct seccomp_data` laid out as the kernel does: nr, arch, ip, args[6].
 fn run(prog: &BpfProgram, nr: i64, arch: u32, args: [u64; 6]) -> u32 {
+    run_traced(prog, nr, arch, args).0
+}
+
+/// [`run`], with the instructions it went through.
+fn run_traced(prog: &BpfProgram, nr: i64, arch: u32, args: [u64; 6]) -> (u32, Vec<usize>) {
     let mut data = Vec::new();
     data.extend_from_slice(&(nr as i32).to_ne_bytes());
     data.extend_from_slice(&arch.to_ne_bytes());
@@ -16,9 +21,10 @@ fn run(prog: &BpfProgram, nr: i64, arch: u32, args: [u64; 6]) -> u32 {
     for a in args {
         data.extend_from_slice(&a.to_ne_bytes());
     }
-    let (mut acc, mut pc) = (0u32, 0usize);
+    let (mut acc, mut pc, mut trace) = (0u32, 0usize, Vec::new());
     loop {
         let i = &prog[pc];
+        trace.push(pc);
         pc += 1;
         match i.code {
             0x20 => {
@@ -36,7 +42,7 @@ fn run(prog: &BpfProgram, nr: i64, arch: u32, args: [u64; 6]) -> u32 {
                 };
                 pc += if t { i.jt } else { i.jf } as usize;
             }
-            0x06 => return i.k,
+            0x06 => return (i.k, trace),
             c => panic!("instruction {c:#x} not modelled"),
         }
     }
@@ -307,4 +313,169 @@ fn unsupported_oci_parts_are_named() {
     );
     let e = Profile::from_oci(&s).unwrap_err().to_string();
     assert!(e.contains("syscalls[0] (kill)") && e.contains("index 6"), "{e}");
+}
+
+/// What a program built by `bpf::program` must return, from the rules themselves.
+fn reference(
+    rules: &BTreeMap<i64, Vec<Vec<Cond>>>,
+    mismatch: Action,
+    matched: Action,
+    nr: i64,
+    args: [u64; 6],
+) -> u32 {
+    let holds = |c: &Cond| {
+        let a = args[c.index as usize];
+        match c.op {
+            Op::Eq => a == c.value,
+            Op::Ne => a != c.value,
+            Op::Lt => a < c.value,
+            Op::Le => a <= c.value,
+            Op::Gt => a > c.value,
+            Op::Ge => a >= c.value,
+            Op::MaskedEq => a & c.value == c.value_two,
+        }
+    };
+    let hit = rules
+        .get(&nr)
+        .is_some_and(|alts| alts.iter().any(|conds| conds.iter().all(holds)));
+    bpf::ret_value(if hit { matched } else { mismatch })
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Values at the edges of 32-bit halves, where a comparison split in two words errs.
+    fn value(&mut self, near: &[u64]) -> u64 {
+        const EDGES: [u64; 8] = [
+            0,
+            1,
+            0x7fff_ffff,
+            0xffff_ffff,
+            0x1_0000_0000,
+            0x1_0000_0001,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        match self.below(4) {
+            0 => EDGES[self.below(8) as usize],
+            1 if !near.is_empty() => {
+                let v = near[self.below(near.len() as u64) as usize];
+                match self.below(3) {
+                    0 => v.wrapping_sub(1),
+                    1 => v,
+                    _ => v.wrapping_add(1),
+                }
+            }
+            2 => self.next() & 0xffff_ffff,
+            _ => self.next(),
+        }
+    }
+}
+
+/// The code generator against the rules' meaning, on random rule sets (runs of adjacent
+/// numbers, conditions of every kind, programs long enough to need far jumps) and argument
+/// values at the edges of every comparison.
+#[test]
+fn generated_programs_mean_what_their_rules_say() {
+    let ops = [Op::Eq, Op::Ne, Op::Lt, Op::Le, Op::Gt, Op::Ge, Op::MaskedEq];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..300 {
+        let mut rules: BTreeMap<i64, Vec<Vec<Cond>>> = BTreeMap::new();
+        let mut values = Vec::new();
+        // One round in ten: hundreds of calls, most without conditions, like a profile.
+        let big = round % 10 == 0;
+        let calls = 1 + rng.below(if big { 400 } else { 40 });
+        let mut nr = rng.below(5) as i64;
+        for _ in 0..calls {
+            nr += 1 + (rng.below(4) == 0) as i64 * rng.below(20) as i64;
+            if big && rng.below(8) != 0 {
+                rules.insert(nr, vec![Vec::new()]);
+                continue;
+            }
+            let alts = (0..rng.below(4))
+                .map(|_| {
+                    (0..1 + rng.below(3))
+                        .map(|_| {
+                            let c = Cond {
+                                index: rng.below(6) as u8,
+                                op: ops[rng.below(7) as usize],
+                                value: rng.value(&values),
+                                value_two: rng.value(&values),
+                            };
+                            values.push(c.value);
+                            values.push(c.value_two);
+                            c
+                        })
+                        .collect()
+                })
+                .collect();
+            rules.insert(nr, alts);
+        }
+        // A few calls with many alternatives: the conditions alone pass 255 instructions.
+        if round % 7 == 0 {
+            let many = (0..60)
+                .map(|_| {
+                    vec![Cond {
+                        index: rng.below(6) as u8,
+                        op: ops[rng.below(7) as usize],
+                        value: rng.value(&values),
+                        value_two: rng.value(&values),
+                    }]
+                })
+                .collect();
+            rules.insert(nr + 1, many);
+        }
+        let (mismatch, matched) = if round % 2 == 0 {
+            (Action::Errno(1), Action::Allow)
+        } else {
+            (Action::Allow, Action::Trace(7))
+        };
+        let prog = bpf::program(&rules, mismatch, matched);
+        assert!(
+            prog.len() <= bpf::MAX_LEN,
+            "round {round}: {} instructions",
+            prog.len()
+        );
+        let last = *rules.keys().last().unwrap_or(&0);
+        for _ in 0..400 {
+            let nr = match rng.below(3) {
+                0 => rng.below(last as u64 + 3) as i64,
+                1 => *rules
+                    .keys()
+                    .nth(rng.below(rules.len() as u64) as usize)
+                    .unwrap_or(&0),
+                _ => rng.value(&[]) as u32 as i64,
+            };
+            let args = [(); 6].map(|_| rng.value(&values));
+            let want = reference(&rules, mismatch, matched, nr, args);
+            assert_eq!(
+                run(&prog, nr, AUDIT_ARCH_X86_64, args),
+                want,
+                "round {round}: nr {nr}, args {args:x?}, rules for it {:?}; through {:?} of {}",
+                rules.get(&nr),
+                run_traced(&prog, nr, AUDIT_ARCH_X86_64, args).1,
+                prog.len()
+            );
+        }
+        assert_eq!(run(&prog, 0, AUDIT_ARCH_I386, NO), RET_KILL_PROCESS);
+    }
+}
+
+#[test]
+fn the_default_profile_is_a_short_program() {
+    let f = default_filter(&[]);
+    let lens: Vec<usize> = f.programs.iter().map(Vec::len).collect();
+    // A binary search over ranges (107 instructions when written), not a test per call.
+    assert!(lens[0] < 200, "{lens:?}");
 }
