@@ -57,17 +57,7 @@ struct Vm {
 
 impl Vm {
     fn start(kernel: &Path, initrd: &Path, cmdline: &str, qemu_args: &str) -> Vm {
-        let mut child = Command::new(repo().join("scripts/run-qemu.sh"))
-            .env("KEEL_QEMU_ARGS", qemu_args)
-            .arg(kernel)
-            .arg(initrd)
-            .arg(cmdline)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run scripts/run-qemu.sh");
-        let (console, reader) = collect(child.stdout.take().unwrap());
+        let (child, console, reader) = spawn_qemu(kernel, initrd, cmdline, qemu_args);
         Vm {
             child,
             console,

@@ -9,7 +9,7 @@ mod common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,17 +45,7 @@ fn boot_until(
     hold: Duration,
 ) -> (Boot, bool) {
     let mut held = false;
-    let mut child = Command::new(repo().join("scripts/run-qemu.sh"))
-        .env("KEEL_QEMU_ARGS", qemu_args)
-        .arg(kernel)
-        .arg(initrd)
-        .arg(cmdline)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run scripts/run-qemu.sh");
-    let (console, reader) = collect(child.stdout.take().unwrap());
+    let (mut child, console, reader) = spawn_qemu(kernel, initrd, cmdline, qemu_args);
     let start = Instant::now();
     let seen = |pat: &str| String::from_utf8_lossy(&console.lock().unwrap()).contains(pat);
     let exited = loop {

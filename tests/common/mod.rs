@@ -128,6 +128,29 @@ pub fn collect(mut out: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, Joi
     (console, reader)
 }
 
+/// A VM in QEMU, stdin closed (`scripts/run-qemu.sh KERNEL INITRD CMDLINE` with
+/// `qemu_args` added): the process, its console as it comes, and the collecting thread.
+pub fn spawn_qemu(
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    qemu_args: &str,
+) -> (std::process::Child, Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let mut child = std::process::Command::new(repo().join("scripts/run-qemu.sh"))
+        .env("KEEL_QEMU_ARGS", qemu_args)
+        .arg(kernel)
+        .arg(initrd)
+        .arg(cmdline)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run scripts/run-qemu.sh");
+    let out = child.stdout.take().expect("QEMU's stdout is piped");
+    let (console, reader) = collect(out);
+    (child, console, reader)
+}
+
 /// A bundle with a static busybox rootfs running `script` with /bin/sh, from the template
 /// the image script uses.
 pub fn busybox_bundle(dir: &Path, script: &str) -> PathBuf {
