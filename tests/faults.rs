@@ -140,26 +140,8 @@ impl Run {
 
     /// Every pattern in this order, none of the forbidden anywhere, and QEMU ended by itself.
     fn expect(&self, what: &str, expected: &[&str], forbidden: &[&str]) {
-        let lines: Vec<&str> = self.console.lines().collect();
-        let mut at = 0;
-        let mut problems = Vec::new();
-        for pat in expected {
-            match lines[at..].iter().position(|l| l.contains(pat)) {
-                Some(i) => at += i + 1,
-                None => {
-                    let anywhere = lines.iter().any(|l| l.contains(pat));
-                    problems.push(format!(
-                        "{pat:?} {}",
-                        if anywhere { "is out of order" } else { "is missing" }
-                    ));
-                }
-            }
-        }
-        for pat in NEVER.iter().chain(forbidden) {
-            if let Some(l) = lines.iter().find(|l| l.contains(pat)) {
-                problems.push(format!("unexpected line: {l}"));
-            }
-        }
+        let never: Vec<&str> = NEVER.iter().chain(forbidden).copied().collect();
+        let mut problems = console_problems(&self.console, expected, &never);
         if !self.exited {
             problems.push("QEMU did not end by itself: the machine hung".into());
         }

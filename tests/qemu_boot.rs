@@ -77,26 +77,7 @@ fn boot_until(
 
 /// Every pattern must appear, in this order, each on a line after the previous one's.
 fn assert_in_order(b: &Boot, what: &str, expected: &[&str], forbidden: &[&str]) {
-    let lines: Vec<&str> = b.console.lines().collect();
-    let mut at = 0;
-    let mut problems = Vec::new();
-    for pat in expected {
-        match lines[at..].iter().position(|l| l.contains(pat)) {
-            Some(i) => at += i + 1,
-            None => {
-                let anywhere = lines.iter().any(|l| l.contains(pat));
-                problems.push(format!(
-                    "{pat:?} {}",
-                    if anywhere { "is out of order" } else { "is missing" }
-                ));
-            }
-        }
-    }
-    for pat in forbidden {
-        if let Some(l) = lines.iter().find(|l| l.contains(pat)) {
-            problems.push(format!("unexpected line: {l}"));
-        }
-    }
+    let mut problems = console_problems(&b.console, expected, forbidden);
     if !b.exited {
         problems.push(format!(
             "QEMU did not exit within {BOOT_LIMIT:?}: the boot or shutdown hung"

@@ -151,6 +151,32 @@ pub fn spawn_qemu(
     (child, console, reader)
 }
 
+/// What is wrong with `console`: a pattern of `expected` missing, or not on a line after the
+/// previous pattern's; a line with a `forbidden` pattern.
+pub fn console_problems(console: &str, expected: &[&str], forbidden: &[&str]) -> Vec<String> {
+    let lines: Vec<&str> = console.lines().collect();
+    let mut at = 0;
+    let mut problems = Vec::new();
+    for pat in expected {
+        match lines[at..].iter().position(|l| l.contains(pat)) {
+            Some(i) => at += i + 1,
+            None => {
+                let anywhere = lines.iter().any(|l| l.contains(pat));
+                problems.push(format!(
+                    "{pat:?} {}",
+                    if anywhere { "is out of order" } else { "is missing" }
+                ));
+            }
+        }
+    }
+    for pat in forbidden {
+        if let Some(l) = lines.iter().find(|l| l.contains(pat)) {
+            problems.push(format!("unexpected line: {l}"));
+        }
+    }
+    problems
+}
+
 /// A bundle with a static busybox rootfs running `script` with /bin/sh, from the template
 /// the image script uses.
 pub fn busybox_bundle(dir: &Path, script: &str) -> PathBuf {
