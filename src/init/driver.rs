@@ -352,16 +352,18 @@ impl Driver {
         // Output goes to the console; input never comes from it (a container must not
         // compete with a console login for keystrokes).
         let stdin = fs::File::open("/dev/null").ok().map(Into::into);
-        let notify = b.spec.service.readiness == Readiness::Notify || b.spec.service.watchdog.is_some();
-        let notify_dir = match notify {
-            true if b.spec.kind == Kind::Service => match self.notify_dir(id) {
+        let notify = b.spec.kind == Kind::Service
+            && (b.spec.service.readiness == Readiness::Notify || b.spec.service.watchdog.is_some());
+        let notify_dir = if notify {
+            match self.notify_dir(id) {
                 Ok(d) => Some(d),
                 Err(e) => {
                     self.queue.push_back(Event::StartFailed(id, e));
                     return;
                 }
-            },
-            _ => None,
+            }
+        } else {
+            None
         };
         let now = self.now();
         let (stdout, stderr) = match self.outputs.open(id, &self.epoll, now) {
@@ -442,12 +444,15 @@ impl Driver {
                         self.outputs.follow_log_dir(false);
                     }
                     match (self.running.remove(&id), &self.runtime) {
-                        (Some(handle), Ok(rt)) if rt.leftovers(&handle) => self.draining.push(Draining {
-                            id,
-                            handle,
-                            exit,
-                            since: now,
-                        }),
+                        (Some(handle), Ok(rt)) if rt.leftovers(&handle) => {
+                            rt.kill_leftovers(&handle);
+                            self.draining.push(Draining {
+                                id,
+                                handle,
+                                exit,
+                                since: now,
+                            })
+                        }
                         (Some(handle), Ok(rt)) => {
                             if let Err(e) = rt.delete(handle) {
                                 log::warn!("{e}");
@@ -471,6 +476,8 @@ impl Driver {
         while i < self.draining.len() {
             let busy = rt.leftovers(&self.draining[i].handle);
             if busy && now.saturating_sub(self.draining[i].since) < DRAIN_LIMIT {
+                // Again: without cgroup.kill, a process forked meanwhile escaped the last round.
+                rt.kill_leftovers(&self.draining[i].handle);
                 i += 1;
                 continue;
             }

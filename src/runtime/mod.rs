@@ -83,6 +83,26 @@ pub struct Handle {
 /// Where the cgroup v2 hierarchy is mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
+impl Handle {
+    /// The container's cgroup directory, when it has one.
+    fn cgroup_dir(&self) -> Option<PathBuf> {
+        let cg = self.cgroup.as_ref()?;
+        Some(Path::new(CGROUP_ROOT).join(cg.strip_prefix("/").unwrap_or(cg)))
+    }
+}
+
+/// The fault suite's injected failure of `step` (compiled out of shipped builds).
+fn fault(id: &str, step: &'static str) -> Result<()> {
+    if crate::fault::injected(step, id) {
+        return Err(RuntimeError::Runtime {
+            id: id.into(),
+            step,
+            msg: crate::fault::ERRNO.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Where in a container the sd_notify socket directory is mounted.
 pub const NOTIFY_MOUNT: &str = "/run/keel-notify";
 
@@ -368,14 +388,7 @@ impl Runtime {
     /// Create and start the container of `bundle`; returns once its process is running.
     pub fn run(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Handle> {
         let mut handle = self.create(id, bundle, stdio)?;
-        let started = match crate::fault::injected("start", id) {
-            true => Err(RuntimeError::Runtime {
-                id: id.into(),
-                step: "start",
-                msg: crate::fault::ERRNO.to_string(),
-            }),
-            false => guarded(id, "start", || handle.container.start()),
-        };
+        let started = fault(id, "start").and_then(|()| guarded(id, "start", || handle.container.start()));
         if let Err(e) = started {
             self.delete(handle).ok();
             return Err(e);
@@ -385,13 +398,7 @@ impl Runtime {
 
     /// Create the container (status "created": its init waits for `start`).
     pub fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Handle> {
-        if crate::fault::injected("create", id) {
-            return Err(RuntimeError::Runtime {
-                id: id.into(),
-                step: "create",
-                msg: crate::fault::ERRNO.to_string(),
-            });
-        }
+        fault(id, "create")?;
         // Checked here, not left to libcontainer: cleaning up after a failed create must
         // never touch a container that already existed under this id.
         if self.state_root.join(id).exists() {
@@ -625,24 +632,24 @@ impl Runtime {
     }
 
     /// Whether processes the container's init left behind still hold its cgroup (one that
-    /// shares the machine's PID namespace can leave children); if so they are sent SIGKILL.
-    /// Delete only once this is false: the runtime's own removal of a busy cgroup sleeps in
-    /// the caller, then gives up.
+    /// shares the machine's PID namespace can leave children). Delete only once this is
+    /// false: the runtime's own removal of a busy cgroup sleeps in the caller, then gives up.
     pub fn leftovers(&self, handle: &Handle) -> bool {
-        let Some(cg) = &handle.cgroup else {
-            return false;
-        };
-        let dir = Path::new(CGROUP_ROOT).join(cg.strip_prefix("/").unwrap_or(cg));
-        let populated = fs::read_to_string(dir.join("cgroup.events"))
-            .is_ok_and(|t| t.lines().any(|l| l == "populated 1"));
-        if populated && fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        handle.cgroup_dir().is_some_and(|dir| {
+            fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|t| t.lines().any(|l| l == "populated 1"))
+        })
+    }
+
+    /// SIGKILL to every process left in the container's cgroup.
+    pub fn kill_leftovers(&self, handle: &Handle) {
+        let Some(dir) = handle.cgroup_dir() else { return };
+        if fs::write(dir.join("cgroup.kill"), "1").is_err() {
             // Kernels before 5.14 have no cgroup.kill: one by one.
             let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
             for pid in procs.lines().filter_map(|l| l.parse().ok()) {
                 let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
-        populated
     }
 
     /// Remove the container's state and cgroup. Call after its process was reaped. The
