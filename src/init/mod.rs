@@ -193,9 +193,10 @@ fn boot(root: &Path, dev_cmdline: Option<String>) -> Options {
         Ok(c) => {
             log::debug!("cgroup controllers: {}", c.join(" "));
             let ours = cgroot.join(CGROUP_PARENT);
-            let made = match crate::fault::injected("cgroup", CGROUP_PARENT) {
-                true => Err(std::io::Error::from(crate::fault::ERRNO)),
-                false => fs::create_dir_all(&ours),
+            let made = if crate::fault::injected("cgroup", CGROUP_PARENT) {
+                Err(std::io::Error::from(crate::fault::ERRNO))
+            } else {
+                fs::create_dir_all(&ours)
             };
             if let Err(e) = made {
                 log::error!(
